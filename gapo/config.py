@@ -391,3 +391,39 @@ def load_params(path: str | Path | None = "params.yaml", overrides: tuple[str, .
 
 def dump_params(params: Params) -> str:
     return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+
+
+def render_params_yaml(params: Params) -> str:
+    """params.yaml text for `params`, block style, each field's description as a trailing comment.
+
+    params.yaml in the repo is this rendering of the defaults (a test keeps the two equal), so the
+    schema stays the one source of truth while the file stays readable.
+    """
+    lines: list[str] = [
+        "# GAPO pipeline parameters: every knob lives here (schema and docs: gapo/config.py).",
+        "# Override one for a run: `gapo <stage> -S ppo.init_kl_coef=0.02` or `dvc exp run -S ppo.init_kl_coef=0.02`.",
+        "# Profiles (profiles/*.yaml) hold partial overrides: `gapo config --profile tiny --write params.yaml`.",
+    ]
+
+    def scalar(v: Any) -> str:
+        return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("\n...").removesuffix("...").strip()
+
+    def walk(model: BaseModel, indent: int) -> None:
+        pad = "  " * indent
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            comment = f"  # {field.description}" if field.description else ""
+            if isinstance(value, BaseModel):
+                if indent == 0:
+                    lines.append("")
+                doc = (type(value).__doc__ or "").strip().splitlines()
+                lines.append(f"{pad}{name}:" + (f"  # {doc[0]}" if doc and not comment else comment))
+                walk(value, indent + 1)
+            else:
+                dumped = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+                if isinstance(dumped, tuple):
+                    dumped = list(dumped)
+                lines.append(f"{pad}{name}: {scalar(dumped)}{comment}")
+
+    walk(params, 0)
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from gapo.config import Params, dump_params
+from gapo.config import Params, render_params_yaml
 from gapo.paths import Workspace
 
 
@@ -30,7 +30,7 @@ class StageSpec:
 
 def config(params: Params, ws: Workspace, write: str | None = None) -> None:
     """Print (or write) the fully merged, validated params: how a profile becomes a params.yaml."""
-    text = dump_params(params)
+    text = render_params_yaml(params)
     if write:
         from gapo.io import atomic_file
 
