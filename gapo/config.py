@@ -39,25 +39,33 @@ class RuntimeConfig(Section):
 
 
 class UserDataConfig(Section):
-    """User-supplied files (gapo.data.loaders). Each is a jsonl file or a saved HF dataset dir."""
+    """User-supplied files (gapo.data.loaders), each replacing the generated records of its kind (docs/data.md).
+
+    A path is a jsonl file, a directory of {train,validation,test}.jsonl, or a saved HF Dataset/DatasetDict.
+    A single file is split by each record's optional `split` field, else by a seeded hash of its key.
+    """
 
     ifeval: Optional[str] = Field(None, description="IFEval-format prompts: key, prompt, instruction_id_list, kwargs")
-    sft: Optional[str] = None
-    preferential_prompt: Optional[str] = None
-    preferential_response: Optional[str] = None
+    sft: Optional[str] = Field(None, description="prompt, completion, instruction_id_list, kwargs")
+    preferential_prompt: Optional[str] = Field(None, description="PP pairs (data/pp schema); data/rm is derived")
+    preferential_response: Optional[str] = Field(None, description="PR pairs: prompt, chosen, rejected, constraints")
     max_line_bytes: int = Field(1_000_000, gt=0)
+    verify: bool = Field(True, description="re-check user records with the IFEval checkers (chosen satisfied, "
+                                           "rejected violated)")
 
 
 class DataConfig(Section):
     """The constraint data engine (gapo.data)."""
 
-    num_products: int = Field(4000, gt=0)
+    num_products: int = Field(3000, gt=0, description="train+validation products (prompts_per_product prompts each)")
     prompts_per_product: int = Field(2, gt=0)
     min_constraints: int = Field(1, ge=1, le=4)
     max_constraints: int = Field(4, ge=1, le=4)
     held_out_categories: int = Field(4, ge=1, description="categories seen only in the test split")
     validation_fraction: float = Field(0.05, gt=0, lt=0.5)
     test_prompts: int = Field(600, gt=0)
+    workers: int = Field(2, ge=0, description="processes generating data (0 = one per CPU core); "
+                                              "the output does not depend on it")
     user: UserDataConfig = UserDataConfig()
 
     @model_validator(mode="after")
@@ -78,6 +86,18 @@ class ArchConfig(Section):
     max_position_embeddings: int = Field(512, gt=0)
 
 
+# Sub-sections whose defaults differ from the base class are subclasses, not `Base(x=...)` instances: a partial
+# override (`-S reward.optim.learning_rate=1e-4`) validates a dict against the field's CLASS, so an instance default
+# would silently fall back to the base defaults for every key not overridden.
+class RewardArchConfig(ArchConfig):
+    """Shape of builtin:bert-tiny (the encoder RM built from a config)."""
+
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+
+
 class ModelsConfig(Section):
     """Which generator and reward model to use (gapo.models).
 
@@ -89,7 +109,7 @@ class ModelsConfig(Section):
     policy: str = "builtin:llama-small"
     reward: str = "builtin:minilm"
     policy_arch: ArchConfig = ArchConfig()
-    reward_arch: ArchConfig = ArchConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512)
+    reward_arch: RewardArchConfig = RewardArchConfig()
     critic_init: Literal["policy", "reward"] = "policy"
     dtype: Literal["float32", "bfloat16"] = "float32"
     gradient_checkpointing: bool = False
@@ -123,10 +143,15 @@ class OptimConfig(Section):
     gradient_accumulation_steps: int = Field(1, gt=0)
 
 
+class SFTOptimConfig(OptimConfig):
+    learning_rate: float = Field(2e-3, gt=0)
+    micro_batch_size: int = Field(16, gt=0)
+
+
 class SFTConfig(Section):
     """Warm-up SFT of the generator (gapo.train.sft)."""
 
-    optim: OptimConfig = OptimConfig(learning_rate=2e-3, micro_batch_size=16)
+    optim: SFTOptimConfig = SFTOptimConfig()
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(0, ge=0, description="0 = run `epochs`")
     max_seq_len: int = Field(384, gt=0)
@@ -135,10 +160,16 @@ class SFTConfig(Section):
     log_every: int = Field(10, gt=0)
 
 
+class RewardOptimConfig(OptimConfig):
+    learning_rate: float = Field(5e-5, gt=0)
+    micro_batch_size: int = Field(16, gt=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+
+
 class RewardConfig(Section):
     """Encoder reward model: warm-up and per-round retraining (gapo.train.reward)."""
 
-    optim: OptimConfig = OptimConfig(learning_rate=5e-5, micro_batch_size=16, warmup_ratio=0.05)
+    optim: RewardOptimConfig = RewardOptimConfig()
     warmup_epochs: float = Field(1.0, gt=0)
     warmup_examples: int = Field(3000, ge=0, description="0 = all classification rows")
     max_length: int = Field(256, gt=8)
@@ -178,34 +209,41 @@ class PPOConfig(Section):
 
 
 class AdversarialConfig(Section):
-    """The GAN/PO rounds (gapo.train.adversarial)."""
+    """The GAN/PO rounds (gapo.train.adversarial). Per round the RM set is every generator sample (label 0) plus
+    preference rows, sized so that samples are `fake_ratio` of the negatives and the labels are balanced."""
 
-    rounds: int = Field(3, ge=0)
+    rounds: int = Field(3, ge=0, description="adversarial rounds; 0 = final is the SFT policy + warm-up RM")
     prompts_per_round: int = Field(64, gt=0, description="fresh train prompts sampled for fakes each round")
     fake_ratio: float = Field(0.5, ge=0, lt=1, description="fraction of the RM set's negatives that are generator samples")
-    rm_examples_per_round: int = Field(800, gt=0)
-    rm_epochs_per_round: float = Field(1.0, gt=0)
-    fake_sampling: Literal["sample", "greedy"] = "sample"
+    rm_epochs_per_round: float = Field(1.0, gt=0, description="passes over the round's RM set")
+    fake_sampling: Literal["sample", "greedy"] = Field("sample", description="how fakes are decoded (sample = as in PPO)")
+    eval_prompts: int = Field(64, ge=0, description="held-out prompts for the per-round health metrics (0 = none)")
 
 
 class EvaluateConfig(Section):
-    """Evaluation on held-out prompts (gapo.eval)."""
+    """Evaluation on held-out prompts (gapo.eval.evaluate): IFEval strict/loose, RM accuracy/AUC, KL to SFT."""
 
     split: Literal["validation", "test"] = "test"
     input: Optional[str] = Field(None, description="IFEval-format jsonl to evaluate on instead of the prepared split")
     model: Optional[str] = Field(None, description="policy path or models:/ URI; default = the pipeline's final policy")
     max_prompts: int = Field(0, ge=0, description="0 = all")
-    greedy: bool = True
+    greedy: bool = Field(True, description="greedy decoding (IFEval's protocol); false = sample with the knobs below")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = no top-k filter")
     max_new_tokens: int = Field(160, gt=0)
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, description="prompts per generation batch (and rows per RM / KL forward)")
 
 
 class GateConfig(Section):
-    min_improvement: float = Field(0.0, description="candidate must beat champion's prompt-level strict acc by this")
-    kl_budget: float = Field(1.0, ge=0)
-    hack_gap_budget: float = Field(0.5)
+    """Promotion gate: alias `champion` moves to the candidate only if every check passes (gapo.tracking.registry)."""
+
+    metric: str = Field("prompt_level_strict_acc", description="metrics/evaluate.json key compared with the champion")
+    min_improvement: float = Field(0.0, ge=0, description="candidate must beat the champion's metric by more than this")
+    kl_metric: str = Field("kl_to_sft", description="metrics/evaluate.json key checked against kl_budget")
+    kl_budget: float = Field(1.0, ge=0, description="max KL of the policy to the SFT reference")
+    hack_gap_budget: float = Field(0.5, description="max hack_gap (RM score vs verifier pass rate) of the last round")
+    require_same_eval_set: bool = Field(True, description="refuse to compare scores measured on different test data")
 
 
 class RegistryConfig(Section):
@@ -214,15 +252,17 @@ class RegistryConfig(Section):
     policy_name: str = "gapo-policy"
     reward_model_name: str = "gapo-reward-model"
     gate: GateConfig = GateConfig()
+    lock_timeout_s: float = Field(600.0, gt=0, description="wait this long for the promotion lock")
 
 
 class TrackingConfig(Section):
     """MLflow tracking (gapo.tracking). The URI comes from MLFLOW_TRACKING_URI when set."""
 
     experiment: str = "gapo"
-    tracking_uri: str = "sqlite:///mlflow.db"
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="relative paths resolve against the workspace")
     artifact_location: str = "mlartifacts"
     system_metrics: bool = True
+    system_metrics_interval_s: float = Field(10.0, gt=0)
 
 
 class Params(Section):

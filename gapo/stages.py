@@ -46,9 +46,105 @@ def prepare(params: Params, ws: Workspace) -> dict:
     return run_prepare(params, ws)
 
 
+def evaluate(params: Params, ws: Workspace, input_path: str | None = None, responses_path: str | None = None,
+             output: str | None = None, samples: str | None = None) -> dict:
+    from gapo.eval.evaluate import run_evaluate
+
+    return run_evaluate(params, ws, input_path, responses_path, output, samples)
+
+
+def models(params: Params, ws: Workspace) -> dict:
+    from gapo.models.materialize import run_models
+
+    return run_models(params, ws)
+
+
+def sft(params: Params, ws: Workspace) -> dict:
+    from gapo.train.sft import run_sft_stage
+
+    return run_sft_stage(params, ws)
+
+
+def rm_warmup(params: Params, ws: Workspace) -> dict:
+    from gapo.train.reward import run_rm_warmup_stage
+
+    return run_rm_warmup_stage(params, ws)
+
+
+def adversarial(params: Params, ws: Workspace, round: int | None = None) -> dict:  # noqa: A002 (the CLI flag)
+    from gapo.train.adversarial import run_adversarial_stage
+
+    return run_adversarial_stage(params, ws, round)
+
+
 STAGES: dict[str, StageSpec] = {
     "config": StageSpec(config, "print or write the merged, validated params",
                         [(("--write",), {"default": None, "help": "write to this file instead of stdout"})],
                         print_result=False),
     "prepare": StageSpec(prepare, "generate / load constraint data and write data/"),
+    "models": StageSpec(models, "materialise models/policy and models/reward from models.policy / models.reward"),
+    "sft": StageSpec(sft, "warm-up SFT of the policy on data/sft -> checkpoints/sft"),
+    "rm_warmup": StageSpec(rm_warmup, "warm-up BCE training of the encoder RM on data/rm -> checkpoints/rm_warmup"),
+    "adversarial": StageSpec(adversarial, "GAPO rounds: RM step on fresh policy samples, then PPO against it; "
+                                          "resumes after the last complete round -> checkpoints/rounds, final", [
+        (("--round",), {"type": int, "default": None, "metavar": "K",
+                        "help": "run only round K (rounds 1..K-1 must be complete); default: every remaining round"}),
+    ]),
+    "evaluate": StageSpec(evaluate, "IFEval strict/loose accuracy (lm-eval's checkers), RM accuracy/AUC, KL to SFT", [
+        (("--input",), {"dest": "input_path", "default": None, "metavar": "INPUT.jsonl",
+                        "help": "IFEval-format prompts (key, prompt, instruction_id_list, kwargs); "
+                                "default: params.evaluate.input, else data/ifeval/<evaluate.split>.jsonl"}),
+        (("--responses",), {"dest": "responses_path", "default": None, "metavar": "RESPONSES.jsonl",
+                            "help": "score these responses (jsonl of prompt, response) instead of generating"}),
+        (("--output",), {"default": None, "metavar": "OUT.json",
+                         "help": "metrics file (default: metrics/evaluate.json when generating; none when scoring)"}),
+        (("--samples",), {"default": None, "metavar": "SAMPLES.jsonl",
+                          "help": "per-prompt verdicts (default: reports/eval_samples.jsonl when generating)"}),
+    ]),
 }
+
+
+# -- registry, lineage and MLflow tracking (gapo.tracking) -------------------------------------------------------------
+def register(params: Params, ws: Workspace) -> dict:
+    from gapo.tracking.registry import run_register
+
+    return run_register(params, ws)
+
+
+def lineage(params: Params, ws: Workspace, uri: str, as_json: bool = False) -> None:
+    """Print the chain behind a registered model: version -> run -> Prefect flow run -> DVC hashes."""
+    import json
+
+    import mlflow
+
+    from gapo.tracking import backend
+    from gapo.tracking.lineage import format_report, lineage_report
+
+    backend.configure(params, ws.root)
+    report = lineage_report(mlflow.MlflowClient(), uri)
+    print(json.dumps(report, indent=2, sort_keys=True) if as_json else format_report(report))
+
+
+STAGES["register"] = StageSpec(register, "register the final policy and RM in MLflow (alias candidate) and run the "
+                                         "promotion gate (alias champion)")
+STAGES["lineage"] = StageSpec(lineage, "print a registered model's lineage: version -> run -> Prefect flow run -> "
+                                       "DVC hashes of data and checkpoints", [
+    (("uri",), {"metavar": "MODEL_URI", "help": "models:/<name>@<alias> or models:/<name>/<version>"}),
+    (("--json",), {"dest": "as_json", "action": "store_true", "help": "print the report as JSON"}),
+], print_result=False)
+
+# Every pipeline stage run through STAGES (the CLI, hence dvc.yaml and the Prefect flow) is wrapped in an MLflow
+# run (gapo.tracking.runs.tracked); the stage functions above stay free of MLflow. Stages added to STAGES must be
+# added above this block to be tracked.
+_UNTRACKED = {"config", "lineage"}
+
+
+def _track_stages() -> None:
+    from gapo.tracking.runs import tracked
+
+    for name, spec in STAGES.items():
+        if name not in _UNTRACKED:
+            spec.fn = tracked(name)(spec.fn)
+
+
+_track_stages()

@@ -1,0 +1,1 @@
+"""Evaluation: IFEval scoring with lm-eval's checkers (scoring.py), the evaluate stage (evaluate.py), plots (plots.py)."""

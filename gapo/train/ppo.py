@@ -1,0 +1,503 @@
+"""PPO of the generator against the encoder reward model, with OpenRLHF's semantics (gapo-paper.md §3.3).
+
+This module owns one PPO *iteration* and the pieces it is made of; gapo.train.adversarial composes them into
+the GAPO rounds. One iteration on a batch of prompts:
+
+1. `make_experience`: sample responses with the batched KV-cached sampler (gapo.train.sampler), then for every
+   response token the actor's log-prob (π_old), the frozen reference's log-prob (π_ref) and the critic's value;
+   the reward of a response is the RM's score of the DECODED text re-tokenised with the RM's own tokenizer
+   (never the policy's ids: gapo-paper.md §8 bug 5), as a sigmoid probability or a raw logit
+   (`reward.score`). Per-token reward r_t = −β·KL_t, plus the clipped score on the last response token;
+   GAE(γ, λ) gives advantages and returns (gapo.train.losses).
+2. `whiten_advantages`: one global mean/std over the whole rollout batch (all ranks).
+3. `ppo_train`: `max_epochs` passes over the rollouts in minibatches of `train_batch_size` (micro-batches of
+   `micro_train_batch_size`, gradient accumulation inside the DeepSpeed engines); clipped policy loss on the
+   actor, clipped value loss on the critic, each its own engine and optimizer.
+4. the KL controller sees the rollouts' mean KL (fixed β unless `ppo.kl_target` is set).
+
+NaN/inf in a reward, an advantage or a loss raises `NumericalError` naming the round and step: training never
+continues silently on a poisoned batch (OpenRLHF#1120: NaN loss then reward collapse, unnoticed).
+
+`python -m gapo.train.ppo` runs PPO iterations against a fixed RM (checkpoints/sft + checkpoints/rm_warmup) in one
+process or under torchrun/deepspeed: the multi-process smoke test and a quick way to try PPO knobs.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+
+from gapo.config import ConfigError, OptimConfig, Params
+from gapo.errors import NumericalError
+from gapo.train.losses import (build_kl_controller, compute_approx_kl, compute_reward, entropy_from_logits,
+                               get_advantages_and_returns, log_probs_from_logits, masked_mean, masked_whiten,
+                               policy_loss, value_loss)
+
+
+# ------------------------------------------------------------------------------------------ containers
+@dataclass
+class PPOModels:
+    """Everything a PPO iteration touches. `actor` and `critic` are DeepSpeed training engines, `ref` is the frozen
+    SFT policy, `reward` the RM (engine or module) with its own tokenizer; `tokenizer` is the policy's."""
+
+    actor: Any
+    critic: Any
+    ref: Any
+    reward: Any
+    tokenizer: Any
+    reward_tokenizer: Any
+    kl_ctl: Any = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(_module(self.actor).parameters()).device
+
+
+@dataclass
+class Rollout:
+    """One sampled response with its per-token PPO quantities, padding trimmed (re-batched for training)."""
+
+    prompt_ids: torch.Tensor      # (P_i,)
+    response_ids: torch.Tensor    # (N_i,) up to and including EOS when one was emitted
+    log_probs: torch.Tensor       # (N_i,) log π_old
+    values: torch.Tensor          # (N_i,) V_old
+    advantages: torch.Tensor      # (N_i,)
+    returns: torch.Tensor         # (N_i,)
+    score: float = 0.0            # RM score (before clipping)
+    passed: Optional[bool] = None  # verifier verdict (not used by PPO; health metric)
+
+
+@dataclass
+class Where:
+    """Names the place of a numerical failure: `adversarial round 2 ppo step 5`."""
+
+    round: int = 0
+    step: int = 0
+    stage: str = "ppo"
+
+    def __str__(self) -> str:
+        head = f"adversarial round {self.round} " if self.round else ""
+        return f"{head}{self.stage} step {self.step}"
+
+
+def check_finite(x: torch.Tensor, what: str, where: Where) -> None:
+    x = x.detach()
+    if not torch.isfinite(x).all():
+        bad = x[~torch.isfinite(x)]
+        raise NumericalError(f"{where}: {what} is not finite ({bad.numel()} value(s), e.g. {float(bad.flatten()[0])})")
+
+
+def _module(model):
+    return getattr(model, "module", model)
+
+
+# ------------------------------------------------------------------------------------------ optimisation setup
+def ppo_optim(params: Params, learning_rate: float, world: int) -> OptimConfig:
+    """OptimConfig of the actor or critic engine: OpenRLHF's Adam betas (0.9, 0.95), no weight decay, and a
+    CONSTANT learning rate (no warm-up or decay) so that round k trains the same way whatever the number of rounds
+    (a cosine over all rounds would make round 1 depend on R, and `-S adversarial.rounds=R+1` could not resume)."""
+    ppo = params.ppo
+    per_step = ppo.micro_train_batch_size * world
+    if ppo.train_batch_size % per_step:
+        raise ConfigError(f"ppo.train_batch_size ({ppo.train_batch_size}) must be a multiple of "
+                          f"micro_train_batch_size × processes ({ppo.micro_train_batch_size} × {world})")
+    return OptimConfig(learning_rate=learning_rate, weight_decay=0.0, adam_betas=(0.9, 0.95), warmup_ratio=0.0,
+                       min_lr_ratio=1.0, micro_batch_size=ppo.micro_train_batch_size,
+                       gradient_accumulation_steps=ppo.train_batch_size // per_step)
+
+
+def check_batch_sizes(params: Params, world: int) -> None:
+    """Every rank must see whole minibatches (gradient accumulation boundaries) and whole rollout micro-batches."""
+    ppo = params.ppo
+    n = ppo.rollout_batch_size * ppo.n_samples_per_prompt
+    if ppo.rollout_batch_size % world:
+        raise ConfigError(f"ppo.rollout_batch_size ({ppo.rollout_batch_size}) must be divisible by the number of "
+                          f"processes ({world})")
+    if n % ppo.train_batch_size:
+        raise ConfigError(f"ppo.rollout_batch_size × n_samples_per_prompt ({n}) must be a multiple of "
+                          f"ppo.train_batch_size ({ppo.train_batch_size})")
+    ppo_optim(params, 1.0, world)
+
+
+def with_ppo_clipping(params: Params) -> Params:
+    """The params the actor/critic engines are built with: DeepSpeed's gradient clipping = `ppo.max_norm`."""
+    p = params.model_copy(deep=True)
+    p.deepspeed.gradient_clipping = params.ppo.max_norm
+    return p
+
+
+# ------------------------------------------------------------------------------------------ forward passes
+def _accepts_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(_module(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def response_log_probs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, n_actions: int,
+                       with_entropy: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """log π(a_t | s_t) for the last `n_actions` tokens (the response), and optionally the entropy there.
+
+    The logit at position j predicts token j+1, hence the slice [-(N+1):-1]. Positions come from the mask, as in
+    the sampler, so left padding does not shift them; `logits_to_keep` skips the vocabulary projection of the
+    prompt positions (~20% of a small model's forward cost).
+    """
+    from gapo.train.sampler import position_ids_from_mask
+
+    kwargs = dict(input_ids=sequences, attention_mask=attention_mask,
+                  position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    if _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = n_actions + 1
+    logits = model(**kwargs).logits[:, -(n_actions + 1):-1]
+    logp = log_probs_from_logits(logits, sequences[:, -n_actions:])
+    ent = entropy_from_logits(logits.detach()) if with_entropy else None
+    return logp, ent
+
+
+def response_values(critic, sequences: torch.Tensor, attention_mask: torch.Tensor, n_actions: int) -> torch.Tensor:
+    """V(s_t) for each response token: the critic's value of the prefix BEFORE the action (same shift as log-probs)."""
+    return critic(input_ids=sequences, attention_mask=attention_mask)[:, -(n_actions + 1):-1]
+
+
+# ------------------------------------------------------------------------------------------ experience
+def encode_prompts(rows: Sequence[dict], tokenizer, prompt_max_len: int) -> list[list[int]]:
+    from gapo.models.prompting import encode_prompt
+
+    return [encode_prompt(r["prompt"], tokenizer, prompt_max_len) for r in rows]
+
+
+def verifier_verdicts(rows: Sequence[dict], responses: Sequence[str]) -> list[Optional[bool]]:
+    """IFEval strict verdict per response (gapo.data.constraints.check_response); None for a row without
+    `instruction_id_list` (a user prompt we cannot check)."""
+    from gapo.data.constraints import check_response
+
+    out: list[Optional[bool]] = []
+    for r, text in zip(rows, responses):
+        ids = r.get("instruction_id_list")
+        out.append(None if not ids else check_response(text, ids, r.get("kwargs") or [{}] * len(ids),
+                                                       prompt=r.get("prompt", ""))[0])
+    return out
+
+
+@torch.no_grad()
+def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_coef: float,
+                    where: Where) -> tuple[list[Rollout], dict]:
+    """Rollouts on `rows` (IFEval-format prompts: prompt, instruction_id_list, kwargs) with everything PPO needs.
+
+    Returns the rollouts (advantages not yet whitened) and stats averaged over this rank's samples: `reward`
+    (RM score), `kl` (mean per-token KL to the reference), `entropy`, `response_length`, `pass_rate`.
+    """
+    from tqdm import tqdm
+
+    from gapo.models.prompting import decode_response, pad_token_id, stop_token_ids
+    from gapo.train import engine as E
+    from gapo.train.reward import rm_score
+    from gapo.train.sampler import sample
+
+    ppo = params.ppo
+    tok = models.tokenizer
+    stops, pad = stop_token_ids(tok), pad_token_id(tok)
+    device = models.device
+    expanded = [r for r in rows for _ in range(ppo.n_samples_per_prompt)]
+    rollouts: list[Rollout] = []
+    acc: dict[str, list[float]] = {"reward": [], "kl": [], "entropy": [], "response_length": [], "pass": []}
+    actor, critic = _module(models.actor), _module(models.critic)
+    actor.eval()
+    critic.eval()
+    bar = tqdm(range(0, len(expanded), ppo.micro_rollout_batch_size), desc=f"{where.stage} rollouts",
+               disable=not E.is_main(), dynamic_ncols=True, leave=False, mininterval=1.0)
+    for start in bar:
+        chunk = expanded[start:start + ppo.micro_rollout_batch_size]
+        s = sample(actor, encode_prompts(chunk, tok, ppo.prompt_max_len), ppo.generate_max_len, stops, pad,
+                   greedy=False, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, sync_ranks=True)
+        seq, attn = s.sequences.to(device), s.attention_mask.to(device)
+        mask = s.action_mask.to(device).float()
+        n = mask.size(1)
+        logp, ent = response_log_probs(actor, seq, attn, n, with_entropy=True)
+        ref_logp, _ = response_log_probs(models.ref, seq, attn, n)
+        values = response_values(critic, seq, attn, n).float()
+        # The RM reads TEXT in its own tokenizer: decode the policy's response, never pass its ids (§8 bug 5).
+        texts = [decode_response(ids, tok, stops) for ids in s.response_ids.tolist()]
+        score = rm_score(models.reward, models.reward_tokenizer, [r["prompt"] for r in chunk], texts, params)
+        score = score.to(device).float()
+        check_finite(score, "reward-model score", where)
+        kl = compute_approx_kl(logp, ref_logp, mask, ppo.kl_estimator)
+        rewards = compute_reward(score, kl_coef, kl, mask, tuple(ppo.reward_clip_range))
+        adv, ret = get_advantages_and_returns(values, rewards, mask, ppo.gamma, ppo.lambd)
+        check_finite(adv, "advantages", where)
+        check_finite(ret, "returns", where)
+        verdicts = verifier_verdicts(chunk, texts)
+        lengths = mask.sum(dim=1).long().tolist()
+        for i, L in enumerate(lengths):
+            P = int(s.attention_mask[i, :s.prompt_len].sum())
+            rollouts.append(Rollout(prompt_ids=s.sequences[i, s.prompt_len - P:s.prompt_len].cpu(),
+                                    response_ids=s.sequences[i, s.prompt_len:s.prompt_len + L].cpu(),
+                                    log_probs=logp[i, :L].cpu(), values=values[i, :L].cpu(),
+                                    advantages=adv[i, :L].cpu(), returns=ret[i, :L].cpu(),
+                                    score=float(score[i]), passed=verdicts[i]))
+        acc["reward"] += score.tolist()
+        acc["kl"] += masked_mean(kl, mask, dim=-1).tolist()
+        acc["entropy"] += masked_mean(ent, mask, dim=-1).tolist()
+        acc["response_length"] += [float(x) for x in lengths]
+        acc["pass"] += [float(v) for v in verdicts if v is not None]
+    actor.train()
+    critic.train()
+    stats = {k if k != "pass" else "pass_rate": (sum(v) / len(v) if v else float("nan")) for k, v in acc.items()}
+    return rollouts, stats
+
+
+def whiten_advantages(rollouts: list[Rollout], eps: float = 1e-8) -> None:
+    """Replace advantages by (A − mean)/std over every response token of the rollout batch, on all ranks together
+    (OpenRLHF normalises the whole replay buffer; per-sequence whitening would blow up one-token answers)."""
+    from gapo.train import engine as E
+
+    flat = torch.cat([r.advantages for r in rollouts]).double()
+    ones = torch.ones_like(flat)
+    if E.world_size() == 1:
+        out = masked_whiten(flat, ones, eps=eps)
+    else:
+        s, n = E.all_reduce_mean([float(flat.sum()), float(flat.numel())])
+        mean = s / n
+        (sq,) = E.all_reduce_mean([float(((flat - mean) ** 2).sum())])
+        out = (flat - mean) / math.sqrt(sq / n + eps)
+    offset = 0
+    for r in rollouts:
+        k = r.advantages.numel()
+        r.advantages = out[offset:offset + k].float()
+        offset += k
+
+
+# ------------------------------------------------------------------------------------------ training
+def collate_rollouts(rollouts: Sequence[Rollout], pad_id: int, device=None) -> dict:
+    """Left-padded prompts + right-padded responses, exactly the layout the sampler produced."""
+    B = len(rollouts)
+    P = max(r.prompt_ids.numel() for r in rollouts)
+    N = max(r.response_ids.numel() for r in rollouts)
+    seq = torch.full((B, P + N), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + N), dtype=torch.long)
+    mask = torch.zeros((B, N))
+    per_token = {k: torch.zeros((B, N)) for k in ("log_probs", "values", "advantages", "returns")}
+    for i, r in enumerate(rollouts):
+        p, n = r.prompt_ids.numel(), r.response_ids.numel()
+        seq[i, P - p:P] = r.prompt_ids
+        seq[i, P:P + n] = r.response_ids
+        attn[i, P - p:P + n] = 1
+        mask[i, :n] = 1
+        for k in per_token:
+            per_token[k][i, :n] = getattr(r, k)
+    out = {"sequences": seq, "attention_mask": attn, "action_mask": mask, **per_token}
+    return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+
+def ppo_train(models: PPOModels, rollouts: list[Rollout], params: Params, where: Where, seed: int) -> dict:
+    """`max_epochs` passes over the rollouts; each minibatch of `train_batch_size` is one optimizer step of the
+    actor and one of the critic. `where.step` counts optimizer steps (it is advanced in place)."""
+    from tqdm import tqdm
+
+    from gapo.models.prompting import pad_token_id
+    from gapo.train import engine as E
+
+    ppo = params.ppo
+    world = E.world_size()
+    per_rank = ppo.train_batch_size // world
+    pad = pad_token_id(models.tokenizer)
+    device = models.device
+    rng = random.Random(seed)
+    sums: dict[str, float] = {}
+    n_micro = 0
+    n_steps = ppo.max_epochs * math.ceil(len(rollouts) / per_rank)
+    bar = tqdm(total=n_steps, desc=f"{where.stage} train", disable=not E.is_main(), dynamic_ncols=True, leave=False)
+    models.actor.train()
+    models.critic.train()
+    for _ in range(ppo.max_epochs):
+        order = list(range(len(rollouts)))
+        rng.shuffle(order)
+        for mb in range(0, len(order), per_rank):
+            where.step += 1
+            minibatch = order[mb:mb + per_rank]
+            for mi in range(0, len(minibatch), ppo.micro_train_batch_size):
+                batch = collate_rollouts([rollouts[i] for i in minibatch[mi:mi + ppo.micro_train_batch_size]],
+                                         pad, device)
+                seq, attn, mask = batch["sequences"], batch["attention_mask"], batch["action_mask"]
+                n = mask.size(1)
+                # actor: clipped surrogate against π_old (the released code's PPO, not the paper's L_G, §9 item 6)
+                logp, ent = response_log_probs(models.actor, seq, attn, n, with_entropy=True)
+                pl, pstats = policy_loss(logp, batch["log_probs"], batch["advantages"], mask, ppo.eps_clip)
+                check_finite(pl, "policy loss", where)
+                models.actor.backward(pl)
+                models.actor.step()
+                # critic: clipped value loss towards the GAE returns (the paper's L_V is the unclipped MSE)
+                values = response_values(models.critic, seq, attn, n).float()
+                vl = value_loss(values, batch["values"], batch["returns"], mask, ppo.value_clip)
+                check_finite(vl, "value loss", where)
+                models.critic.backward(vl)
+                models.critic.step()
+                for k, v in (("policy_loss", pl.item()), ("value_loss", vl.item()),
+                             ("clipfrac", pstats["clipfrac"]), ("ppo_kl", pstats["ppo_kl"]),
+                             ("train_entropy", float(masked_mean(ent, mask)))):
+                    sums[k] = sums.get(k, 0.0) + v
+                n_micro += 1
+            bar.update(1)
+            bar.set_postfix(pl=f"{sums['policy_loss'] / n_micro:.3f}", vl=f"{sums['value_loss'] / n_micro:.3f}")
+    bar.close()
+    means = {k: v / max(n_micro, 1) for k, v in sums.items()}
+    return dict(zip(means, E.all_reduce_mean(list(means.values()))))
+
+
+@torch.no_grad()
+def policy_loss_on(models: PPOModels, rollouts: list[Rollout], params: Params) -> float:
+    """The clipped policy loss of the CURRENT actor on fixed rollouts (same reduction as training): what one PPO
+    step must lower. Averaged over micro-batches of `micro_train_batch_size`."""
+    from gapo.models.prompting import pad_token_id
+
+    ppo = params.ppo
+    actor = _module(models.actor)
+    was = actor.training
+    actor.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rollouts), ppo.micro_train_batch_size):
+        chunk = rollouts[i:i + ppo.micro_train_batch_size]
+        b = collate_rollouts(chunk, pad_token_id(models.tokenizer), models.device)
+        logp, _ = response_log_probs(actor, b["sequences"], b["attention_mask"], b["action_mask"].size(1))
+        loss, _ = policy_loss(logp, b["log_probs"], b["advantages"], b["action_mask"], ppo.eps_clip)
+        total += float(loss) * len(chunk)
+        count += len(chunk)
+    actor.train(was)
+    return total / max(count, 1)
+
+
+def ppo_iteration(models: PPOModels, rows: Sequence[dict], params: Params, where: Where, seed: int) -> dict:
+    """One PPO iteration (OpenRLHF "episode step"): experience on `rows` (this rank's share), whitening, training,
+    KL-controller update. Returns the rollouts' stats (averaged over ranks) plus the training stats."""
+    from gapo.train import engine as E
+
+    t0 = time.perf_counter()
+    kl_coef = models.kl_ctl.value
+    rollouts, exp_stats = make_experience(models, rows, params, kl_coef, where)
+    t_exp = time.perf_counter() - t0
+    if params.ppo.advantage_whitening:
+        whiten_advantages(rollouts)
+    train_stats = ppo_train(models, rollouts, params, where, seed)
+    keys = list(exp_stats)
+    exp_stats = dict(zip(keys, E.all_reduce_mean([exp_stats[k] for k in keys])))
+    models.kl_ctl.update(exp_stats["kl"], len(rollouts) * E.world_size())
+    return {**exp_stats, **train_stats, "kl_coef": kl_coef, "experience_s": round(t_exp, 2),
+            "train_s": round(time.perf_counter() - t0 - t_exp, 2)}
+
+
+# ------------------------------------------------------------------------------------------ building the models
+def disable_dropout(model) -> None:
+    """p = 0 in every dropout layer of the actor and critic: with dropout the first PPO forward would not reproduce
+    π_old (ratio ≠ 1 before any update) and values would be noisy (TRL's `disable_dropout_in_model` does the same)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def build_ppo_models(params: Params, policy_dir, reference_dir, critic_model, reward, reward_tokenizer) -> PPOModels:
+    """Actor (from `policy_dir`) and `critic_model` (a gapo.models.critic.Critic) as DeepSpeed training engines,
+    the frozen reference (`reference_dir`, the SFT policy), and the given RM (engine or module) + tokenizer."""
+    from gapo.models.loading import load_policy
+    from gapo.train import engine as E
+
+    _, world = E.init_distributed()
+    check_batch_sizes(params, world)
+    eng_params = with_ppo_clipping(params)
+    actor_model, tok = load_policy(policy_dir, params.models)
+    ref_model, _ = load_policy(reference_dir, params.models, role="reference")
+    disable_dropout(actor_model)
+    disable_dropout(critic_model)
+    big = 10**9  # constant LR: the schedule length is irrelevant (ppo_optim)
+    actor = E.build_train_engine(actor_model, eng_params, ppo_optim(params, params.ppo.actor_learning_rate, world),
+                                 big)
+    critic = E.build_train_engine(critic_model, eng_params,
+                                  ppo_optim(params, params.ppo.critic_learning_rate, world), big)
+    ref = E.build_inference_engine(ref_model, params)
+    kl_ctl = build_kl_controller(params.ppo.init_kl_coef, params.ppo.kl_target, params.ppo.kl_horizon)
+    return PPOModels(actor=actor, critic=critic, ref=ref, reward=reward, tokenizer=tok,
+                     reward_tokenizer=reward_tokenizer, kl_ctl=kl_ctl)
+
+
+def rank_share(rows: Sequence[dict]) -> list[dict]:
+    """This rank's prompts: every world-th row (a shared order, so the ranks never sample the same prompt)."""
+    from gapo.train import engine as E
+
+    return list(rows[E.rank()::E.world_size()])
+
+
+# ------------------------------------------------------------------------------------------ standalone entry
+def run_ppo_smoke(params: Params, ws, iterations: int = 1) -> dict:
+    """PPO iterations against the fixed warm-up RM on the first prompts of data/ifeval/train.jsonl; saves
+    nothing. Used by the multi-process test and for trying PPO knobs quickly."""
+    from gapo import runtime
+    from gapo.errors import DataError
+    from gapo.io import read_jsonl
+    from gapo.train import engine as E
+
+    E.init_distributed()
+    runtime.setup(params, seed_offset=3)
+    path = ws.jsonl("ifeval", "train")
+    if not path.exists():
+        raise DataError(f"{path}: not found (run `gapo prepare` first)")
+    rows = read_jsonl(path)
+    from gapo.models.critic import build_critic
+    from gapo.models.loading import load_reward_model, load_tokenizer
+
+    critic = build_critic(params, ws.sft, ws.rm_warmup, load_tokenizer(ws.sft, params.models))
+    rm, rm_tok = load_reward_model(ws.rm_warmup, params.models)
+    models = build_ppo_models(params, ws.sft, ws.sft, critic, E.build_inference_engine(rm, params), rm_tok)
+    n = params.ppo.rollout_batch_size
+    where = Where(stage="ppo")
+    out = []
+    for it in range(iterations):
+        batch = rows[(it * n) % len(rows):][:n]
+        out.append(ppo_iteration(models, rank_share(batch), params, where, seed=params.seed + it))
+    return {"iterations": iterations, "steps": where.step, "world_size": E.world_size(), "last": out[-1]}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m gapo.train.ppo [--profile P] [-S k=v] --workdir W [--iterations N] [--summary S]`, also under
+    `torchrun --nproc_per_node 2 -m gapo.train.ppo ...`."""
+    import json
+    from pathlib import Path
+
+    from gapo.config import load_params
+    from gapo.errors import GapoError
+    from gapo.paths import Workspace
+    from gapo.train.engine import is_main
+
+    ap = argparse.ArgumentParser(prog="python -m gapo.train.ppo")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--workdir", default=".")
+    ap.add_argument("--iterations", type=int, default=1)
+    ap.add_argument("--summary", default=None)
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    ns = ap.parse_args(argv)
+    try:
+        p = Path(ns.params)
+        params = load_params(p if p.exists() or ns.params != "params.yaml" else None, ns.overrides, ns.profile)
+        summary = run_ppo_smoke(params, Workspace(Path(ns.workdir).resolve()), ns.iterations)
+    except GapoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if is_main():
+        if ns.summary:
+            from gapo.io import write_json
+
+            write_json(ns.summary, summary)
+        else:
+            print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

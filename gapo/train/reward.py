@@ -1,0 +1,366 @@
+"""Encoder reward model: BCE training on (prompt, response, label) rows, evaluation, and scoring for PPO.
+
+API
+- `load_rm_rows(path, limit=0, seed=0)` -> list[dict]    data/rm/*.jsonl rows (prompt, response, label, key, ...);
+      `limit` samples whole keys, so an accepted/rejected pair stays together
+- `train_reward_model(model_or_engine, tokenizer, rows, params, *, epochs=1.0, desc="rm", seed=0)`
+      -> (engine, curve)   BCE-with-logits; a module gets a fresh engine (schedule over this call's steps), an
+      engine continues with its optimizer/scheduler state (per-round retraining in the adversarial loop).
+      `curve` = [(step, loss, lr)].
+- `evaluate_reward_model(model, tokenizer, rows, params)` -> {loss, accuracy, auc, mean_prob_pos, mean_prob_neg, n}
+- `rm_logits(model, tokenizer, prompts, responses, max_length, batch_size=32)` -> FloatTensor [N] (no grad)
+- `rm_score(model, tokenizer, prompts, responses, params, batch_size=32)` -> FloatTensor [N]:
+      sigmoid probability (`reward.score: prob`, the paper's R(c, t) in (0, 1)) or the raw logit (`logit`, as
+      OpenRLHF). Responses are TEXT (decode policy ids first): the RM has its own tokenizer.
+- `roc_auc(scores, labels)` -> float     Mann-Whitney U with tied ranks averaged
+- `run_rm_warmup(params, ws)` / `run_rm_warmup_stage(params, ws)`   the `rm_warmup` stage
+- `python -m gapo.train.reward --params P --workdir W [--summary S]`   (what the launchers run)
+
+Labels follow the paper: the accepted (prompt, response) pair is 1, the same response under a rejected
+(perturbed-constraint) prompt is 0, and in the adversarial rounds generator samples are 0. The head is the
+classifier on the encoder's first ([CLS]) position; with bidirectional attention it sees prompt and response at
+once, which is the paper's argument for an encoder RM.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from typing import Optional, Sequence
+
+from gapo.config import Params
+from gapo.paths import Workspace
+
+Encoded = tuple[list[int], list[int], float]  # ids, token type ids, label
+
+
+# ------------------------------------------------------------------------------------------ data
+def load_rm_rows(path, limit: int = 0, seed: int = 0) -> list[dict]:
+    from gapo.errors import DataError
+    from gapo.io import read_jsonl
+
+    rows = read_jsonl(path)
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r.get("prompt"), str) or not isinstance(r.get("response"), str):
+            raise DataError(f"{path} line {i}: expected string fields 'prompt' and 'response'")
+        if r.get("label") not in (0, 1, True, False):
+            raise DataError(f"{path} line {i}: field 'label' must be 0 or 1, got {r.get('label')!r}")
+    if limit and len(rows) > limit:
+        groups: dict[str, list[dict]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(str(r.get("key", i)), []).append(r)
+        keys = sorted(groups)
+        random.Random(seed).shuffle(keys)
+        picked: list[dict] = []
+        for k in keys:
+            if len(picked) >= limit:
+                break
+            picked.extend(groups[k])
+        rows = picked
+    return rows
+
+
+def _encode_rows(rows: Sequence[dict], tokenizer, max_length: int) -> list[Encoded]:
+    from gapo.models.rm_inputs import encode_pair_ids
+
+    out = []
+    for r in rows:
+        ids, types, _ = encode_pair_ids(tokenizer, r["prompt"], r["response"], max_length)
+        out.append((ids, types, float(r["label"])))
+    return out
+
+
+def _pair_batches(rows: Sequence[dict], lengths: list[int], batch_size: int, seed: int, group: int = 16):
+    """Batches that keep rows sharing a `key` (an accepted/rejected pair: same response, different constraints)
+    together, so each step sees the contrast the RM must learn; lengths grouped inside windows to cut padding."""
+    rng = random.Random(seed)
+    units: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        units.setdefault(str(r.get("key", f"#{i}")), []).append(i)
+    order = list(units.values())
+    rng.shuffle(order)
+    window = max(1, batch_size * group // 2)
+    batches: list[list[int]] = []
+    for s in range(0, len(order), window):
+        chunk = sorted(order[s:s + window], key=lambda u: max(lengths[i] for i in u))
+        cur: list[int] = []
+        for u in chunk:
+            if cur and len(cur) + len(u) > batch_size:
+                batches.append(cur)
+                cur = []
+            cur.extend(u)
+        if cur:
+            batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(encoded: Sequence[Encoded], pad_id: int, with_types: bool) -> dict:
+    import torch
+
+    width = max(len(e[0]) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    types = torch.zeros((len(encoded), width), dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, (x, t, _) in enumerate(encoded):
+        ids[i, : len(x)] = torch.tensor(x)
+        types[i, : len(t)] = torch.tensor(t)
+        mask[i, : len(x)] = 1
+    out = {"input_ids": ids, "attention_mask": mask,
+           "labels": torch.tensor([e[2] for e in encoded], dtype=torch.float32)}
+    if with_types:
+        out["token_type_ids"] = types
+    return out
+
+
+def _uses_types(tokenizer) -> bool:
+    return "token_type_ids" in getattr(tokenizer, "model_input_names", [])
+
+
+def _logits(model, batch: dict):
+    kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    return model(**kw).logits[:, 0].float()
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def roc_auc(scores: Sequence[float], labels: Sequence[float]) -> float:
+    """Probability that a random positive outscores a random negative (ties count 1/2); NaN if one class is absent."""
+    pairs = sorted(zip(scores, labels), key=lambda x: x[0])
+    n_pos = sum(1 for _, y in pairs if y > 0.5)
+    n_neg = len(pairs) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    rank_sum, i = 0.0, 0
+    while i < len(pairs):
+        j = i
+        while j + 1 < len(pairs) and pairs[j + 1][0] == pairs[i][0]:
+            j += 1
+        avg_rank = (i + j) / 2 + 1  # 1-based average rank of a tie block
+        rank_sum += avg_rank * sum(1 for k in range(i, j + 1) if pairs[k][1] > 0.5)
+        i = j + 1
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _synced_batch_count(n: int) -> int:
+    """Under ZeRO-3 each forward is a collective: every rank must run as many batches as the busiest one."""
+    from gapo.train import engine as E
+
+    if E.world_size() == 1:
+        return n
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([n], device=E._comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def rm_logits(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int,
+              batch_size: int = 32):
+    import torch
+
+    from gapo.train.engine import _is_zero3
+
+    module = getattr(model, "module", model)
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    rows = [{"prompt": p, "response": r, "label": 0} for p, r in zip(prompts, responses)]
+    if len(rows) != len(prompts) or len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    enc = _encode_rows(rows, tokenizer, max_length)
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
+    out = torch.empty(len(enc), dtype=torch.float32)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    n_batches = math.ceil(len(enc) / batch_size)
+    total = _synced_batch_count(n_batches) if _is_zero3(model) else n_batches
+    try:
+        with torch.no_grad():
+            for b in range(total):
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                fake = not idx  # this rank is done; keep the collective forwards in step with the others
+                batch = _collate([enc[i] for i in (idx or order[:1])] if enc else [([0, 0], [0, 0], 0.0)], pad,
+                                 _uses_types(tokenizer))
+                logits = _logits(module, {k: v.to(device) for k, v in batch.items()}).cpu()
+                if not fake:
+                    out[idx] = logits
+    finally:
+        module.train(was_training)
+    return out
+
+
+def rm_score(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], params: Params,
+             batch_size: int = 32):
+    logits = rm_logits(model, tokenizer, prompts, responses, params.reward.max_length, batch_size)
+    return logits.sigmoid() if params.reward.score == "prob" else logits
+
+
+def evaluate_reward_model(model, tokenizer, rows: Sequence[dict], params: Params, batch_size: int = 32) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    if not rows:
+        return {"n": 0}
+    logits = rm_logits(model, tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
+                       params.reward.max_length, batch_size)
+    labels = torch.tensor([float(r["label"]) for r in rows])
+    probs = logits.sigmoid()
+    pos, neg = probs[labels > 0.5], probs[labels <= 0.5]
+    return {
+        "n": len(rows),
+        "loss": float(F.binary_cross_entropy_with_logits(logits, labels)),
+        "accuracy": float(((logits > 0).float() == labels).float().mean()),
+        "auc": roc_auc(logits.tolist(), labels.tolist()),
+        "mean_prob_pos": float(pos.mean()) if len(pos) else float("nan"),
+        "mean_prob_neg": float(neg.mean()) if len(neg) else float("nan"),
+    }
+
+
+# ------------------------------------------------------------------------------------------ training
+def train_reward_model(model_or_engine, tokenizer, rows: Sequence[dict], params: Params, *, epochs: float = 1.0,
+                       desc: str = "rm", seed: int = 0, step_offset: int = 0):
+    """BCE training of the RM on `rows` for `epochs` passes. Returns (engine, curve[(step, loss, lr)])."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from gapo.errors import NumericalError
+    from gapo.train import engine as E
+
+    optim = params.reward.optim
+    rank, world = E.init_distributed()
+    enc = _encode_rows(rows, tokenizer, params.reward.max_length)
+    micro_total = math.ceil(len(enc) * epochs / optim.micro_batch_size)
+    steps = max(1, micro_total // (optim.gradient_accumulation_steps * world))
+    if hasattr(model_or_engine, "backward"):
+        engine = model_or_engine
+    else:
+        engine = E.build_train_engine(model_or_engine, params, optim, steps)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    types = _uses_types(tokenizer)
+
+    def micro_batches():
+        epoch = 0
+        while True:
+            order = _pair_batches(rows, [len(e[0]) for e in enc], optim.micro_batch_size, seed + epoch)
+            usable = len(order) - len(order) % world
+            for b in order[rank:usable:world]:
+                yield _collate([enc[i] for i in b], pad, types)
+            epoch += 1
+
+    it = micro_batches()
+    curve: list[tuple[int, float, float]] = []
+    engine.train()
+    bar = tqdm(total=steps, desc=desc, disable=rank != 0, dynamic_ncols=True, mininterval=1.0)
+    t0, seen = time.perf_counter(), 0
+    for step in range(1, steps + 1):
+        step_loss = 0.0
+        for _ in range(optim.gradient_accumulation_steps):
+            batch = {k: v.to(engine.device) for k, v in next(it).items()}
+            loss = F.binary_cross_entropy_with_logits(_logits(engine, batch), batch["labels"])
+            if not torch.isfinite(loss):
+                raise NumericalError(f"{desc} step {step}: BCE loss is {loss.item()}")
+            engine.backward(loss)
+            engine.step()
+            step_loss += loss.item() / optim.gradient_accumulation_steps
+            seen += batch["input_ids"].size(0) * world
+        step_loss = E.all_reduce_mean([step_loss])[0]
+        curve.append((step_offset + step, step_loss, engine.get_lr()[0]))
+        bar.update(1)
+        if step % params.reward.log_every == 0 or step == steps:
+            window = [c[1] for c in curve[-params.reward.log_every:]]
+            bar.set_postfix(step=step, loss=f"{sum(window) / len(window):.3f}",
+                            samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
+    bar.close()
+    return engine, curve
+
+
+# ------------------------------------------------------------------------------------------ warm-up stage
+def run_rm_warmup(params: Params, ws: Workspace) -> dict:
+    from gapo import runtime
+    from gapo.errors import DataError
+    from gapo.io import atomic_file, write_json
+    from gapo.models.loading import load_reward_model
+    from gapo.train import engine as E
+
+    cfg = params.reward
+    rank, world = E.init_distributed()
+    runtime.setup(params, seed_offset=1)
+    train_path, val_path = ws.jsonl("rm", "train"), ws.jsonl("rm", "validation")
+    for p in (train_path, val_path):
+        if not p.exists():
+            raise DataError(f"{p}: not found (run `gapo prepare` first)")
+    model, tok = load_reward_model(ws.reward_base, params.models)
+    train = load_rm_rows(train_path, cfg.warmup_examples, seed=params.seed)
+    val = load_rm_rows(val_path, cfg.eval_examples, seed=params.seed)
+    # No "before" evaluation: a fresh 1-logit head scores ~0.5 AUC by construction, and on MiniLM the extra pass
+    # over the validation rows would cost ~15% of the warm-up's time budget.
+    t0 = time.perf_counter()
+    engine, curve = train_reward_model(model, tok, train, params, epochs=cfg.warmup_epochs, desc="rm_warmup",
+                                       seed=params.seed)
+    train_time = time.perf_counter() - t0
+    after = evaluate_reward_model(engine, tok, val, params)
+    tail = [c[1] for c in curve[-max(1, len(curve) // 10):]]
+    metrics = {
+        "train_loss_first": curve[0][1], "train_loss_final": sum(tail) / len(tail),
+        "val_loss": after["loss"], "val_accuracy": after["accuracy"], "val_auc": after["auc"],
+        "val_mean_prob_pos": after["mean_prob_pos"], "val_mean_prob_neg": after["mean_prob_neg"],
+        "train_examples": len(train), "val_examples": len(val), "steps": len(curve), "world_size": world,
+        "time_s": round(train_time, 2), "samples_per_s": round(len(train) * cfg.warmup_epochs / train_time, 2),
+    }
+    E.save_hf(engine, tok, ws.rm_warmup, extra_json={"gapo_rm.json": {"base": str(ws.reward_base), **metrics}})
+    if rank == 0:
+        write_json(ws.metrics_file("rm_warmup"), metrics)
+        ws.plots.mkdir(parents=True, exist_ok=True)
+        with atomic_file(ws.plots / "rm_loss.csv") as fh:
+            fh.write("step,loss,lr\n")
+            fh.writelines(f"{s},{l:.6f},{r:.6g}\n" for s, l, r in curve)
+    E.barrier()
+    return {"checkpoint": str(ws.rm_warmup), **metrics}
+
+
+def run_rm_warmup_stage(params: Params, ws: Workspace) -> dict:
+    from gapo.train.engine import maybe_relaunch
+
+    launched = maybe_relaunch("gapo.train.reward", params, ws)
+    return launched if launched is not None else run_rm_warmup(params, ws)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point for `torchrun -m gapo.train.reward` and `deepspeed --module gapo.train.reward`."""
+    import json
+    from pathlib import Path
+
+    from gapo.config import load_params
+    from gapo.errors import GapoError
+    from gapo.train.engine import is_main
+
+    ap = argparse.ArgumentParser(prog="python -m gapo.train.reward")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--workdir", default=".")
+    ap.add_argument("--summary", default=None)
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    ns = ap.parse_args(argv)
+    try:
+        p = Path(ns.params)
+        params = load_params(p if p.exists() or ns.params != "params.yaml" else None, ns.overrides, ns.profile)
+        summary = run_rm_warmup(params, Workspace(Path(ns.workdir).resolve()))
+    except GapoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if is_main():
+        if ns.summary:
+            from gapo.io import write_json
+
+            write_json(ns.summary, summary)
+        else:
+            print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""`gapo evaluate` generation mode on a tiny workspace: a 2-layer Llama policy, a 2-layer BERT RM, IFEval prompts.
+
+The models are built from configs in seconds (gapo.models.builders); checkpoints/sft holds the same weights as
+the final policy, so the KL to SFT must be exactly zero, and a second reference with other weights gives a KL
+checked against a direct computation.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gapo.cli import main
+from gapo.config import ArchConfig
+from gapo.eval import evaluate as ev
+from gapo.paths import Workspace
+
+CASES_PATH = Path(__file__).parent / "data" / "ifeval_cases.jsonl"
+N_PROMPTS = 12
+OVERRIDES = ["-S", "evaluate.max_new_tokens=12", "-S", "evaluate.batch_size=5", "-S", "runtime.threads=1"]
+
+
+def _cases() -> list[dict]:
+    return [json.loads(line) for line in CASES_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _untied_llama(arch: ArchConfig, tok, seed: int):
+    # builtin llama ties input and output embeddings; a random tied model just repeats the prompt's last token
+    # (a newline here, so every response would decode to ""). Untied, greedy text varies from prompt to prompt.
+    from transformers import LlamaForCausalLM
+
+    from gapo.models.builders import build_llama
+
+    config = build_llama(arch, tok, seed=seed).config
+    config.tie_word_embeddings = False
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def _save(model, tok, out: Path) -> None:
+    from gapo.models.loading import save_pretrained
+
+    save_pretrained(model, tok, out)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from gapo.io import write_jsonl
+    from gapo.models.builders import build_bert_classifier, train_bpe_tokenizer, train_wordpiece_tokenizer
+
+    root = tmp_path_factory.mktemp("evalws")
+    ws = Workspace(root)
+    cases = _cases()[:N_PROMPTS]
+    write_jsonl(ws.jsonl("ifeval", "test"),
+                [{k: c[k] for k in ("key", "prompt", "instruction_id_list", "kwargs")} for c in cases])
+    rm_rows = []
+    for c in cases[:8]:
+        rm_rows.append({"key": str(c["key"]), "prompt": c["prompt"], "response": c["response"], "label": 1})
+        rm_rows.append({"key": str(c["key"]), "prompt": c["prompt"] + " Use no commas.", "response": c["response"],
+                        "label": 0})
+    write_jsonl(ws.jsonl("rm", "test"), rm_rows)
+    texts = [c["prompt"] + " " + c["response"] for c in _cases()] * 4
+    arch = ArchConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=400,
+                      max_position_embeddings=256)
+    tok = train_bpe_tokenizer(texts, vocab_size=400)
+    policy = _untied_llama(arch, tok, seed=2)
+    _save(policy, tok, ws.final / "policy")
+    _save(policy, tok, ws.sft)
+    _save(_untied_llama(arch, tok, seed=3), tok, root / "other_reference")
+    wp = train_wordpiece_tokenizer(texts, vocab_size=400)
+    _save(build_bert_classifier(ArchConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                                           vocab_size=400, max_position_embeddings=512), wp, seed=0),
+          wp, ws.final / "reward")
+    (root / "params.yaml").write_text("", encoding="utf-8")
+    return ws
+
+
+def _run(ws: Workspace, *extra: str) -> int:
+    return main(["--params", str(ws.root / "params.yaml"), "--workdir", str(ws.root), *OVERRIDES, "evaluate", *extra])
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny):
+    assert _run(tiny) == 0
+    metrics = json.loads(tiny.metrics_file("evaluate").read_text(encoding="utf-8"))
+    rows = [json.loads(x) for x in (tiny.reports / "eval_samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    return tiny, metrics, rows
+
+
+def test_metrics_file_has_the_contracted_keys(evaluated):
+    ws, m, rows = evaluated
+    for key in ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc",
+                "by_instruction", "by_category", "kl_to_sft", "rm_accuracy", "rm_auc", "mean_response_tokens"):
+        assert key in m, key
+    assert m["mode"] == "generate" and m["num_prompts"] == N_PROMPTS == len(rows)
+    # workspace-relative: the metrics file is the same in every checkout
+    assert m["input"] == "data/ifeval/test.jsonl" and m["model"] == "checkpoints/final/policy"
+    assert m["rm_n"] == 16 and 0.0 <= m["rm_auc"] <= 1.0 and 0.0 <= m["rm_accuracy"] <= 1.0
+    assert "skipped" not in m
+    assert m["mean_response_tokens"] == pytest.approx(sum(r["response_tokens"] for r in rows) / len(rows))
+    assert all(1 <= r["response_tokens"] <= 12 for r in rows)
+    assert all(math.isfinite(r["rm_reward"]) for r in rows)
+    assert sum(bool(r["response"]) for r in rows) >= N_PROMPTS // 2, "the tiny policy should produce text"
+    # random text passes some instructions (no comma, forbidden word absent) and fails others (keyword present)
+    assert 0.0 < m["inst_level_loose_acc"] < 1.0
+
+
+def test_kl_to_identical_sft_is_zero(evaluated):
+    _, m, rows = evaluated
+    assert m["kl_to_sft"] == pytest.approx(0.0, abs=1e-6)
+    assert all(abs(r["kl_to_sft_seq"]) < 1e-5 for r in rows)
+
+
+def test_generation_numbers_equal_scoring_only_on_the_same_responses(evaluated, tmp_path):
+    ws, m, rows = evaluated
+    resp = tmp_path / "responses.jsonl"
+    resp.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["response"]}) + "\n" for r in rows),
+                    encoding="utf-8")
+    out = tmp_path / "scores.json"
+    assert _run(ws, "--responses", str(resp), "--output", str(out)) == 0
+    scored = json.loads(out.read_text(encoding="utf-8"))
+    for key in ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc",
+                "by_instruction", "by_category", "num_instructions"):
+        assert scored[key] == m[key], key
+
+
+def test_greedy_responses_match_hf_generate(evaluated):
+    from gapo.models.loading import load_policy
+    from gapo.models.prompting import decode_response, encode_prompt, stop_token_ids
+
+    ws, _, rows = evaluated
+    model, tok = load_policy(ws.final / "policy")
+    for r in rows[:4]:
+        ids = torch.tensor([encode_prompt(r["prompt"], tok)])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                             eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id)
+        assert decode_response(out[0, ids.size(1):].tolist(), tok) == r["response"]
+
+
+def test_token_kl_golden_value():
+    # p = (1/2, 1/2), q = (1/4, 3/4): KL = 1/2 ln 2 + 1/2 ln(2/3) = 1/2 ln(4/3)
+    p = torch.zeros(1, 1, 2)
+    q = torch.log(torch.tensor([[[1.0, 3.0]]]))
+    assert ev.token_kl(p, q).item() == pytest.approx(0.5 * math.log(4 / 3), rel=1e-6)
+    assert ev.token_kl(q, q).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kl_per_row_matches_direct_computation(tiny):
+    from gapo.models.loading import load_policy
+    from gapo.models.prompting import encode_prompt, pad_token_id, stop_token_ids
+    from gapo.train.sampler import sample
+
+    policy, tok = load_policy(tiny.final / "policy")
+    ref, _ = load_policy(tiny.root / "other_reference")
+    prompts = [c["prompt"] for c in _cases()[:3]]
+    s = sample(policy, [encode_prompt(p, tok) for p in prompts], 6, stop_token_ids(tok), pad_token_id(tok),
+               greedy=True)
+    means, sums = ev.kl_per_row(policy, ref, s, micro_batch=2)
+    assert all(x > 0 for x in means)
+    for j, p in enumerate(prompts):  # unpadded, one row at a time, plain full-sequence forward
+        prompt_ids = encode_prompt(p, tok)
+        n = int(s.response_lengths[j])
+        seq = torch.tensor([prompt_ids + s.response_ids[j, :n].tolist()])
+        with torch.no_grad():
+            lp = policy(seq).logits[0, len(prompt_ids) - 1:-1]
+            lq = ref(seq).logits[0, len(prompt_ids) - 1:-1]
+        kl = (lp.log_softmax(-1).exp() * (lp.log_softmax(-1) - lq.log_softmax(-1))).sum(-1)
+        assert sums[j] == pytest.approx(float(kl.sum()), rel=1e-4, abs=1e-6)
+        assert means[j] == pytest.approx(float(kl.mean()), rel=1e-4, abs=1e-6)
+
+
+def test_missing_policy_is_one_line_error(tiny, capsys):
+    rc = _run(tiny, "-S", f"evaluate.model={tiny.root / 'nope'}")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "nope" in err and "no such directory" in err
+
+
+def test_hf_dir_from_mlflow_transformers_layout(tmp_path):
+    local = tmp_path / "dl"
+    (local / "model").mkdir(parents=True)
+    (local / "components" / "tokenizer").mkdir(parents=True)
+    (local / "model" / "config.json").write_text("{}")
+    (local / "model" / "model.safetensors").write_bytes(b"w")
+    (local / "components" / "tokenizer" / "tokenizer.json").write_text("{}")
+    out = ev.hf_dir_from_mlflow_model(local, tmp_path / "hf")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    (local / "config.json").write_text("{}")
+    assert ev.hf_dir_from_mlflow_model(local, tmp_path / "hf2") == local
+    from gapo.errors import ModelError
+
+    (tmp_path / "pyfunc_only").mkdir()
+    (tmp_path / "pyfunc_only" / "MLmodel").write_text("flavors: {}")
+    with pytest.raises(ModelError, match="neither config.json nor model/config.json"):
+        ev.hf_dir_from_mlflow_model(tmp_path / "pyfunc_only", tmp_path / "x")
+
+
+@pytest.mark.slow  # MLflow's sqlite store set-up and log_model: about a minute on a shared 2-core machine
+def test_policy_from_registry_alias(evaluated, tmp_path, monkeypatch, capsys):
+    """-S evaluate.model=models:/name@alias: the transformers-flavour model from the registry gives the same
+    responses as the checkpoint directory it was logged from."""
+    import mlflow
+
+    from gapo.models.loading import load_policy
+
+    ws, m, rows = evaluated
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    mlflow.set_tracking_uri(store)
+    mlflow.set_experiment("eval-test")
+    model, tok = load_policy(ws.final / "policy")
+    with mlflow.start_run():
+        info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tok}, name="policy",
+                                             task="text-generation", registered_model_name="tiny-policy",
+                                             pip_requirements=["mlflow"])
+    mlflow.MlflowClient().set_registered_model_alias("tiny-policy", "champion", info.registered_model_version)
+    out, samples = tmp_path / "eval.json", tmp_path / "samples.jsonl"
+    assert _run(ws, "-S", "evaluate.model=models:/tiny-policy@champion", "--output", str(out),
+                "--samples", str(samples)) == 0
+    got = json.loads(out.read_text(encoding="utf-8"))
+    assert got["model"] == "models:/tiny-policy@champion"
+    reg_rows = [json.loads(x) for x in samples.read_text(encoding="utf-8").splitlines()]
+    assert [r["response"] for r in reg_rows] == [r["response"] for r in rows]
+    assert got["prompt_level_loose_acc"] == m["prompt_level_loose_acc"]
+    capsys.readouterr()
+    rc = _run(ws, "-S", "evaluate.model=models:/tiny-policy@nosuchalias", "--output", str(out))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: policy 'models:/tiny-policy@nosuchalias': cannot download"), err

@@ -1,0 +1,153 @@
+"""The models stage and safe loading: round trips, source pointers, and one-line refusals."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_assets as ta  # noqa: E402
+
+from gapo.config import ModelsConfig  # noqa: E402
+from gapo.errors import ModelError  # noqa: E402
+from gapo.models import loading  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return ta.tiny_workspace(tmp_path_factory.mktemp("ws"))
+
+
+def _one_line(exc) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def test_models_stage_writes_loadable_safetensors_dirs(tiny):
+    ws, params = tiny
+    assert (ws.policy_base / "model.safetensors").is_file() and (ws.reward_base / "model.safetensors").is_file()
+    assert not list(ws.policy_base.glob("*.bin"))
+    metrics = json.loads(ws.metrics_file("models").read_text())
+    policy, ptok = loading.load_policy(ws.policy_base, params.models)
+    rm, rtok = loading.load_reward_model(ws.reward_base, params.models)
+    assert metrics["policy_vocab"] == len(ptok) and metrics["reward_vocab"] == len(rtok)
+    assert metrics["policy_params"] == sum(p.numel() for p in policy.parameters())
+    assert policy.config.hidden_size == params.models.policy_arch.hidden_size
+    assert rm.config.num_labels == 1 and rm.config.model_type == "bert"
+    assert ptok.get_vocab() != rtok.get_vocab()
+
+
+def test_save_load_round_trip_is_exact(tiny, tmp_path):
+    ws, params = tiny
+    policy, tok = loading.load_policy(ws.policy_base, params.models)
+    x = torch.tensor([tok("Requirements: a mug")["input_ids"]])
+    with torch.no_grad():
+        ref = policy(input_ids=x).logits
+    out = loading.save_pretrained(policy, tok, tmp_path / "copy", extra_json={"note.json": {"a": 1}})
+    again, tok2 = loading.load_policy(out, params.models)
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=x).logits, ref)
+    assert json.loads((out / "note.json").read_text()) == {"a": 1}
+    assert not list(tmp_path.glob(".copy.*"))  # atomic: no temp dirs left behind
+
+
+def test_models_stage_is_reproducible(tiny, tmp_path):
+    """Same params + same data -> byte-identical weights (tokenizer training and init are seeded)."""
+    from gapo.models.materialize import run_models
+    from gapo.paths import Workspace
+
+    ws, params = tiny
+    ws2 = Workspace(tmp_path)
+    shutil.copytree(ws.data, ws2.data)
+    run_models(params, ws2)
+    for role in ("policy", "reward"):
+        a = (ws.models / role / "model.safetensors").read_bytes()
+        b = (ws2.models / role / "model.safetensors").read_bytes()
+        assert a == b, role
+
+
+def test_user_model_gets_a_source_pointer(tiny, tmp_path):
+    from gapo.models.materialize import run_models
+    from gapo.paths import Workspace
+
+    ws, _ = tiny
+    params = ta.tiny_params(f"models.policy={ws.policy_base}", f"models.reward={ws.reward_base}")
+    ws2 = Workspace(tmp_path)
+    run_models(params, ws2)
+    ptr = json.loads((ws2.policy_base / "source.json").read_text())
+    assert ptr["source"] == str(ws.policy_base.resolve()) and not (ws2.policy_base / "model.safetensors").exists()
+    model, _ = loading.load_policy(ws2.policy_base, params.models)  # follows the pointer
+    assert model.config.model_type == "llama"
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(ModelError) as e:
+        loading.load_policy(tmp_path / "nope")
+    assert "no such directory" in _one_line(e)
+
+
+def test_uncached_hub_id():
+    with pytest.raises(ModelError) as e:
+        loading.load_reward_model("someone/not-a-cached-model")
+    assert "local cache" in _one_line(e)
+
+
+def test_not_a_model_dir(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ModelError) as e:
+        loading.load_policy(tmp_path)
+    assert "not a model directory" in _one_line(e)
+
+
+def test_pickle_only_checkpoint_refused_unless_allowed(tiny, tmp_path):
+    ws, params = tiny
+    model, tok = loading.load_reward_model(ws.reward_base, params.models)
+    d = tmp_path / "pickled"
+    d.mkdir()
+    model.config.save_pretrained(d)
+    tok.save_pretrained(d)
+    torch.save(model.state_dict(), d / "pytorch_model.bin")
+    with pytest.raises(ModelError) as e:
+        loading.load_reward_model(d, ModelsConfig())
+    assert "pickle-only" in _one_line(e) and "allow_pickle" in str(e.value)
+    allowed, _ = loading.load_reward_model(d, ModelsConfig(allow_pickle=True))
+    assert torch.equal(allowed.classifier.weight, model.classifier.weight)
+
+
+def test_decoder_as_reward_model_and_encoder_as_policy_refused(tiny):
+    ws, params = tiny
+    with pytest.raises(ModelError) as e:
+        loading.load_reward_model(ws.policy_base, params.models)
+    assert "decoder-only" in _one_line(e) and "encoder" in str(e.value)
+    with pytest.raises(ModelError) as e:
+        loading.load_policy(ws.reward_base, params.models)
+    assert "causal LM" in _one_line(e)
+
+
+def test_models_stage_refuses_decoder_reward_from_cli(tiny, tmp_path, capsys, monkeypatch):
+    from gapo import cli
+
+    ws, _ = tiny
+    shutil.copytree(ws.data, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)  # the CLI may open a tracking store in the working directory
+    rc = cli.main(["--profile", "tiny", "--workdir", str(tmp_path), "models", "-S", f"models.reward={ws.policy_base}"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(errors) == 1
+    assert errors[0].startswith("error: reward") and "decoder-only" in errors[0]
+
+
+def test_unknown_builtin(tmp_path):
+    from gapo.models.materialize import materialize_policy, materialize_reward
+    from gapo.paths import Workspace
+
+    with pytest.raises(ModelError, match="unknown builtin"):
+        materialize_reward(ta.tiny_params("models.reward=builtin:nope"), Workspace(tmp_path))
+    with pytest.raises(ModelError, match="unknown builtin"):
+        materialize_policy(ta.tiny_params("models.policy=builtin:gpt-5"), Workspace(tmp_path))
+    with pytest.raises(ModelError, match="gapo models"):
+        loading.load_policy("builtin:llama-tiny")
