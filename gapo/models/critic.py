@@ -138,13 +138,21 @@ def _load_backbone(path, params, causal: bool):
 
     from gapo.models.loading import _dtype, quiet_transformers
 
+    from transformers.utils import logging as hf_logging
+
     quiet_transformers()
     kwargs = {"is_decoder": True} if causal else {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore")
-        return AutoModel.from_pretrained(path, dtype=_dtype(params.models), local_files_only=True,
-                                         trust_remote_code=params.models.trust_remote_code,
-                                         use_safetensors=None if params.models.allow_pickle else True, **kwargs)
+    level = hf_logging.get_verbosity()
+    # The backbone is loaded out of a task model (LM head / classifier): the "unexpected keys" report is expected.
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore")
+            return AutoModel.from_pretrained(path, dtype=_dtype(params.models), local_files_only=True,
+                                             trust_remote_code=params.models.trust_remote_code,
+                                             use_safetensors=None if params.models.allow_pickle else True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def build_critic(params, policy_dir, reward_dir, policy_tokenizer) -> Critic:

@@ -9,8 +9,6 @@ version of gapo).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import mlflow.pyfunc
 
 ARTIFACT_KEY = "reward_model"

@@ -96,7 +96,8 @@ def read_curve(path: Path) -> tuple[str | None, list[dict[str, float]]]:
 
 
 def stage_files(root: Path, stage: str) -> tuple[list[str], list[str]]:
-    """(metrics files, plot files) that dvc.yaml declares for `stage`; conventional defaults otherwise."""
+    """(metrics JSON files, plot files: CSV curves and figures) that dvc.yaml declares for `stage`;
+    `metrics/<stage>.json` and no plots when dvc.yaml does not list the stage."""
     import yaml
 
     metrics, plots = [f"metrics/{stage}.json"], []
@@ -107,7 +108,7 @@ def stage_files(root: Path, stage: str) -> tuple[list[str], list[str]]:
             def names(items):
                 return [next(iter(i)) if isinstance(i, dict) else str(i) for i in items or []]
             metrics = [m for m in names(spec.get("metrics")) if m.endswith(".json")] or metrics
-            plots = [p for p in names(spec.get("plots")) if p.endswith(".csv")]
+            plots = names(spec.get("plots"))
     return metrics, plots
 
 
@@ -137,7 +138,8 @@ def pipeline_key() -> tuple[str, str]:
         found = _find_dvc_process()
         if found is not None:
             pid, created = found
-            return f"dvc:{host}:{pid}:{created:.2f}", "dvc"
+            # DVC_ROOT: a queue worker runs several experiments, each in its own temp workspace
+            return f"dvc:{host}:{pid}:{created:.2f}:{os.environ.get('DVC_ROOT', '')}", "dvc"
     return f"cli:{host}:{os.getpid()}:{time.time():.3f}", "cli"
 
 
@@ -233,14 +235,14 @@ class _StageTracker:
                 continue
             if rel == ROUND_PLOTS:
                 self._log_rounds(path)
-            else:
+            elif path.suffix == ".csv":
                 self._log_curve(path)
-            mlflow.log_artifact(str(path), artifact_path="plots")
+            mlflow.log_artifact(str(path), artifact_path="plots")  # CSVs and figures (reports/*.png)
         if result is not None:
             with contextlib.suppress(TypeError, ValueError):
                 mlflow.log_dict(json.loads(json.dumps(result, default=str)), "stage_result.json")
 
-    def _log_curve(self, path: Path, run_id: str | None = None, rows=None, step_col=None) -> None:
+    def _log_curve(self, path: Path, rows=None, step_col=None) -> None:
         from mlflow.entities import Metric
 
         if rows is None:
@@ -253,7 +255,7 @@ class _StageTracker:
                 if col != step_col:
                     batch.append(Metric(metric_key(f"{path.stem}/{col}"), value, now, step))
         for i in range(0, len(batch), 1000):
-            self.client.log_batch(run_id or self.run_id, metrics=batch[i:i + 1000])
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
 
     def _log_rounds(self, path: Path) -> None:
         """Round curves on the stage run (step = round) and one child run per round with its row."""

@@ -46,9 +46,9 @@ ROUND_FILE = "round.json"
 HEADLINE = ("rm_auc", "fool_rate", "mean_reward", "kl", "verifier_pass_rate", "hack_gap")
 BASELINE_FILE = "baseline.json"
 CSV_COLUMNS = ("round", "rm_acc_fakes", "rm_auc", "fool_rate", "mean_reward", "kl", "entropy", "verifier_pass_rate",
-               "hack_gap", "rm_acc", "rm_pp_acc", "rm_prob_fakes", "rm_prob_positives", "response_length",
-               "rollout_reward", "rollout_pass_rate", "policy_loss", "value_loss", "rm_loss", "n_fakes_in_rm_set",
-               "seconds")
+               "hack_gap", "verifier_pass_rate_greedy", "rm_verifier_auc", "rm_acc", "rm_pp_acc", "rm_prob_fakes",
+               "rm_prob_positives", "response_length", "rollout_reward", "rollout_pass_rate", "fakes_pass_rate",
+               "policy_loss", "value_loss", "rm_loss", "n_fakes_in_rm_set", "seconds")
 
 
 # ============================================================================================ data for a round
@@ -62,10 +62,12 @@ def prompt_slice(rows: Sequence[dict], k: int, n: int, seed: int, stream: str) -
 
 
 def build_rm_round_set(pref_rows: Sequence[dict], fakes: Sequence[dict], fake_ratio: float, n_pairs_if_no_fakes: int,
-                       seed: int) -> list[dict]:
+                       seed: int, fake_labels: str = "gan") -> list[dict]:
     """The RM training set of one round.
 
-    - every fake (generator sample, label 0) is in the set: nothing is subsampled away;
+    - every fake (generator sample) is in the set: nothing is subsampled away. Its label is 0 with
+      `fake_labels="gan"` (the paper's y_gen = 0); with `"verifier"` it is the sample's IFEval verdict (field
+      `passed`): 1 if it satisfies every constraint of its prompt, else 0;
     - each fake is paired with the reference response of the same prompt (label 1, same `key`), so a batch holds
       "real vs generated for this prompt", the GAN contrast;
     - preferential-prompt pairs (accepted 1 / rejected 0, same response) fill the rest so that fakes are
@@ -85,7 +87,8 @@ def build_rm_round_set(pref_rows: Sequence[dict], fakes: Sequence[dict], fake_ra
         if ref is None:  # no reference for this prompt (user prompts): any positive keeps the labels balanced
             ref = rng.choice(list(positives.values()))
         out.append({**ref, "source": "reference"})
-        out.append({**f, "key": ref.get("key"), "label": 0, "source": "generator"})
+        label = int(bool(f.get("passed"))) if fake_labels == "verifier" else 0
+        out.append({**f, "key": ref.get("key"), "label": label, "source": "generator"})
         used_keys.add(ref.get("key"))
     if fakes and fake_ratio > 0:
         n_pairs = round(len(fakes) * (1 - fake_ratio) / fake_ratio)
@@ -119,7 +122,7 @@ def generate_fakes(actor, tokenizer, rows: Sequence[dict], params: Params, k: in
 
     from gapo.models.prompting import decode_response, pad_token_id, stop_token_ids
     from gapo.train import engine as E
-    from gapo.train.ppo import encode_prompts
+    from gapo.train.ppo import decode_threads, encode_prompts, verifier_verdicts
     from gapo.train.sampler import sample
 
     ppo = params.ppo
@@ -129,12 +132,14 @@ def generate_fakes(actor, tokenizer, rows: Sequence[dict], params: Params, k: in
     for s in tqdm(range(0, len(rows), ppo.micro_rollout_batch_size), desc=f"round {k} fakes",
                   disable=not E.is_main(), dynamic_ncols=True, leave=False):
         chunk = rows[s:s + ppo.micro_rollout_batch_size]
-        res = sample(actor, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops, pad,
-                     greedy=greedy, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, sync_ranks=True)
-        for r, ids in zip(chunk, res.response_ids.tolist()):
-            out.append({"key": r.get("key"), "prompt": r["prompt"], "response": decode_response(ids, tokenizer, stops),
-                        "label": 0, "instruction_id_list": r.get("instruction_id_list"), "kwargs": r.get("kwargs"),
-                        "round": k})
+        with decode_threads():
+            res = sample(actor, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
+                         pad, greedy=greedy, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k,
+                         sync_ranks=True)
+        texts = [decode_response(ids, tokenizer, stops) for ids in res.response_ids.tolist()]
+        for r, text, passed in zip(chunk, texts, verifier_verdicts(chunk, texts)):
+            out.append({"key": r.get("key"), "prompt": r["prompt"], "response": text, "label": 0, "passed": passed,
+                        "instruction_id_list": r.get("instruction_id_list"), "kwargs": r.get("kwargs"), "round": k})
     return out
 
 
@@ -157,7 +162,7 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
     from gapo.models.prompting import decode_response, pad_token_id, stop_token_ids
     from gapo.train import engine as E
     from gapo.train import losses as L
-    from gapo.train.ppo import encode_prompts, response_log_probs, verifier_verdicts
+    from gapo.train.ppo import decode_threads, encode_prompts, response_log_probs, verifier_verdicts
     from gapo.train.reward import evaluate_reward_model, rm_logits, roc_auc
     from gapo.train.sampler import sample
 
@@ -173,8 +178,10 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
     for s in tqdm(range(0, len(eval_rows), ppo.micro_rollout_batch_size), desc="health samples",
                   disable=not E.is_main(), dynamic_ncols=True, leave=False):
         chunk = eval_rows[s:s + ppo.micro_rollout_batch_size]
-        res = sample(module, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops, pad,
-                     temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, generator=gen, sync_ranks=True)
+        with decode_threads():
+            res = sample(module, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
+                         pad, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, generator=gen,
+                         sync_ranks=True)
         seq, attn = res.sequences.to(device), res.attention_mask.to(device)
         mask = res.action_mask.to(device).float()
         n = mask.size(1)
@@ -190,13 +197,28 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
         ids = res.response_ids.tolist()
         eos += [any(t in stops for t in row) for row in ids]
         texts += [decode_response(row, tokenizer, stops) for row in ids]
+    # Greedy answers to the same prompts: a paired, sampling-noise-free view of the pass rate (what `evaluate`
+    # measures); the sampled one above is what PPO and the RM see.
+    greedy_texts = []
+    for s in range(0, len(eval_rows), ppo.micro_rollout_batch_size):
+        chunk = eval_rows[s:s + ppo.micro_rollout_batch_size]
+        with decode_threads():
+            res = sample(module, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
+                         pad, greedy=True, sync_ranks=True)
+        greedy_texts += [decode_response(row, tokenizer, stops) for row in res.response_ids.tolist()]
+    greedy_verdicts = [v for v in verifier_verdicts(eval_rows, greedy_texts) if v is not None]
     fake_logits = rm_logits(reward, reward_tokenizer, [r["prompt"] for r in eval_rows], texts,
                             params.reward.max_length)
     pos_logits = rm_logits(reward, reward_tokenizer, [r["prompt"] for r in positives],
                            [r["response"] for r in positives], params.reward.max_length)
     fake_p, pos_p = fake_logits.sigmoid(), pos_logits.sigmoid()
-    verdicts = [v for v in verifier_verdicts(eval_rows, texts) if v is not None]
+    all_verdicts = verifier_verdicts(eval_rows, texts)
+    verdicts = [v for v in all_verdicts if v is not None]
     pass_rate = sum(verdicts) / len(verdicts) if verdicts else float("nan")
+    # Does the RM pay for what the verifier checks? AUC of the RM score at telling passing from failing samples
+    # (0.5: the discriminator ignores constraint satisfaction; NaN when every sample passes or every one fails).
+    checked = [(float(x), float(v)) for x, v in zip(fake_logits.tolist(), all_verdicts) if v is not None]
+    rm_verifier_auc = roc_auc([c[0] for c in checked], [c[1] for c in checked]) if checked else float("nan")
     rm_acc_fakes = float((fake_p < 0.5).float().mean())
     scores = torch.cat([pos_logits, fake_logits]).tolist()
     labels = [1.0] * len(pos_logits) + [0.0] * len(fake_logits)
@@ -211,6 +233,8 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
         "mean_reward": float(reward_values.mean()),
         "kl": sum(kls) / len(kls), "entropy": sum(ents) / len(ents),
         "verifier_pass_rate": pass_rate, "hack_gap": float(fake_p.mean()) - pass_rate,
+        "rm_verifier_auc": rm_verifier_auc,
+        "verifier_pass_rate_greedy": sum(greedy_verdicts) / len(greedy_verdicts) if greedy_verdicts else float("nan"),
         "response_length": sum(lengths) / len(lengths), "eos_rate": sum(eos) / len(eos),
         "n_eval": len(eval_rows),
     }
@@ -331,7 +355,8 @@ def load_players(params: Params, ws: Workspace, start_round: int) -> Players:
     critic = load_critic(rd / "critic", params, tok) if rd else build_critic(params, ws.sft, ws.rm_warmup, tok)
     rm_model, rm_tok = load_reward_model(reward_dir, params.models)
     # The RM keeps one engine (and optimizer) over all rounds; constant LR for the same reason as PPO (ppo_optim).
-    rm_optim = params.reward.optim.model_copy(update={"warmup_ratio": 0.0, "min_lr_ratio": 1.0})
+    rm_lr = params.adversarial.rm_learning_rate or params.reward.optim.learning_rate
+    rm_optim = params.reward.optim.model_copy(update={"warmup_ratio": 0.0, "min_lr_ratio": 1.0, "learning_rate": rm_lr})
     rm_engine = E.build_train_engine(rm_model, params, rm_optim, 10**9)
     models = build_ppo_models(params, policy_dir, ws.sft, critic, rm_engine, rm_tok)
     if rd:
@@ -393,13 +418,16 @@ def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) 
         # (a) the current generator answers fresh training prompts
         fake_prompts = prompt_slice(players.train_prompts, k, adv.prompts_per_round, params.seed, "fakes")
         fakes = gather_rows(generate_fakes(m.actor, m.tokenizer, rank_share(fake_prompts), params, k))
-        # (b) every sample joins the RM set as a negative, next to the reference answer for its prompt
+        # (b) every sample joins the RM set, next to the reference answer for its prompt; labelled 0 (the paper)
+        # or by the verifier (adversarial.fake_labels, docs/method.md §9.4)
         rm_set = build_rm_round_set(players.pref_rows, fakes if adv.fake_ratio > 0 else [], adv.fake_ratio,
-                                    adv.prompts_per_round, seed=params.seed + k)
+                                    adv.prompts_per_round, seed=params.seed + k, fake_labels=adv.fake_labels)
         # (c) the discriminator learns to tell this round's samples from real answers, continuing from k−1
         _, curve = train_reward_model(m.reward, m.reward_tokenizer, rm_set, params, epochs=adv.rm_epochs_per_round,
                                       desc=f"round {k} rm", seed=params.seed + 31 * k)
+        checked = [f["passed"] for f in fakes if f.get("passed") is not None]
         record.update(rm_loss=sum(c[1] for c in curve) / len(curve), rm_steps=len(curve),
+                      fakes_pass_rate=sum(checked) / len(checked) if checked else float("nan"),
                       n_fakes_in_rm_set=sum(r.get("source") == "generator" for r in rm_set), rm_set_size=len(rm_set))
     # (d) the generator is optimised by PPO against the updated discriminator
     where = Where(round=k, step=0)

@@ -65,11 +65,14 @@ def init_distributed(master_port: Optional[int] = None) -> tuple[int, int]:
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
-        port = master_port or _free_port()
-        for k, v in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
-                         LOCAL_RANK="0").items():
-            os.environ.setdefault(k, v)
+    # Bare process (no launcher), or a child that inherited the variables a bare parent set for itself: a
+    # 1-process world on an in-memory store. No TCP port, so nothing collides with the parent's store or with
+    # other jobs on the machine (a "free" port picked here can be taken before it is bound).
+    bare = os.environ.get(_SET_BY_US) == "1" or ("RANK" not in os.environ and "WORLD_SIZE" not in os.environ)
+    if bare:
+        for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                         MASTER_PORT=str(master_port or 29500)).items():
+            os.environ[k] = v  # DeepSpeed reads LOCAL_RANK/RANK from the environment
         os.environ[_SET_BY_US] = "1"
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -80,7 +83,10 @@ def init_distributed(master_port: Optional[int] = None) -> tuple[int, int]:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip the ~100 s shm op build (CPU)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    deepspeed.init_distributed()
+    if bare:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    deepspeed.init_distributed()  # wraps the existing group, or rendezvous from the launcher's env
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -171,17 +177,21 @@ def build_optimizer(model, optim: OptimConfig):
 
 
 def cosine_lr_factor(step: int, num_training_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
-    """LR multiplier: linear warmup from 0, then cosine decay to `min_lr_ratio` at `num_training_steps`."""
+    """LR multiplier: linear warmup (step+1)/(warmup+1), then cosine decay to `min_lr_ratio` at
+    `num_training_steps`, flat after it."""
     if step < warmup_steps:
-        return step / max(1, warmup_steps)
+        # transformers starts at exactly 0, so the first update is a no-op: with the 1-10 update steps of a
+        # per-round RM retrain that is a large share of the work lost.
+        return (step + 1) / (warmup_steps + 1)
     progress = min(1.0, (step - warmup_steps) / max(1, num_training_steps - warmup_steps))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def cosine_with_min_lr(optimizer, num_training_steps: int, optim: OptimConfig):
     """OpenRLHF's `cosine_with_min_lr` (transformers' schedule: warmup = ceil(warmup_ratio * steps), floor
-    min_lr_ratio * lr), except that past `num_training_steps` the LR stays at the floor: transformers' cosine
-    climbs back up there, which an engine reused for extra steps (RM retraining each round) would hit."""
+    min_lr_ratio * lr) with two changes: the warmup's first step is not at LR 0, and past `num_training_steps`
+    the LR stays at the floor (transformers' cosine climbs back up there, which an engine reused for extra
+    steps, e.g. RM retraining each round, would hit)."""
     from torch.optim.lr_scheduler import LambdaLR
 
     warmup = math.ceil(optim.warmup_ratio * num_training_steps)

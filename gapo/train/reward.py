@@ -289,24 +289,25 @@ def run_rm_warmup(params: Params, ws: Workspace) -> dict:
     rank, world = E.init_distributed()
     runtime.setup(params, seed_offset=1)
     train_path, val_path = ws.jsonl("rm", "train"), ws.jsonl("rm", "validation")
-    for p in (train_path, val_path):
+    for p in (train_path, val_path) if cfg.eval_examples else (train_path,):
         if not p.exists():
             raise DataError(f"{p}: not found (run `gapo prepare` first)")
     model, tok = load_reward_model(ws.reward_base, params.models)
     train = load_rm_rows(train_path, cfg.warmup_examples, seed=params.seed)
-    val = load_rm_rows(val_path, cfg.eval_examples, seed=params.seed)
+    # eval_examples = 0 skips validation (as in SFT); rows are sampled by key, so pairs stay whole.
+    val = load_rm_rows(val_path, cfg.eval_examples, seed=params.seed) if cfg.eval_examples else []
     # No "before" evaluation: a fresh 1-logit head scores ~0.5 AUC by construction, and on MiniLM the extra pass
     # over the validation rows would cost ~15% of the warm-up's time budget.
     t0 = time.perf_counter()
     engine, curve = train_reward_model(model, tok, train, params, epochs=cfg.warmup_epochs, desc="rm_warmup",
                                        seed=params.seed)
     train_time = time.perf_counter() - t0
-    after = evaluate_reward_model(engine, tok, val, params)
+    after = evaluate_reward_model(engine, tok, val, params) if val else {}
     tail = [c[1] for c in curve[-max(1, len(curve) // 10):]]
     metrics = {
         "train_loss_first": curve[0][1], "train_loss_final": sum(tail) / len(tail),
-        "val_loss": after["loss"], "val_accuracy": after["accuracy"], "val_auc": after["auc"],
-        "val_mean_prob_pos": after["mean_prob_pos"], "val_mean_prob_neg": after["mean_prob_neg"],
+        "val_loss": after.get("loss"), "val_accuracy": after.get("accuracy"), "val_auc": after.get("auc"),
+        "val_mean_prob_pos": after.get("mean_prob_pos"), "val_mean_prob_neg": after.get("mean_prob_neg"),
         "train_examples": len(train), "val_examples": len(val), "steps": len(curve), "world_size": world,
         "time_s": round(train_time, 2), "samples_per_s": round(len(train) * cfg.warmup_epochs / train_time, 2),
     }

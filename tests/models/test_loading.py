@@ -151,3 +151,46 @@ def test_unknown_builtin(tmp_path):
         materialize_policy(ta.tiny_params("models.policy=builtin:gpt-5"), Workspace(tmp_path))
     with pytest.raises(ModelError, match="gapo models"):
         loading.load_policy("builtin:llama-tiny")
+
+
+def test_builtin_minilm_gets_a_seeded_one_logit_head(tmp_path):
+    from gapo.models.materialize import materialize_reward
+    from gapo.paths import Workspace
+
+    params = ta.tiny_params("models.reward=builtin:minilm")
+    a, b = Workspace(tmp_path / "a"), Workspace(tmp_path / "b")
+    out = materialize_reward(params, a)
+    materialize_reward(params, b)
+    assert out["kind"] == "copied" and out["vocab"] == 30522
+    rm, tok = loading.load_reward_model(a.reward_base, params.models)
+    assert rm.config.num_labels == 1 and rm.classifier.out_features == 1
+    assert (a.reward_base / "model.safetensors").read_bytes() == (b.reward_base / "model.safetensors").read_bytes()
+    src = json.loads((a.reward_base / "gapo_source.json").read_text())
+    assert src["source"] == "builtin:minilm" and len(src["weights_sha256"]) == 64
+
+
+@pytest.mark.slow
+def test_builtin_smollm2_converts_once_and_uses_its_chat_template(tmp_path):
+    """GGUF -> fp32 safetensors in models.cache_dir (outside the workspace), models/policy points at it."""
+    from gapo.models.materialize import materialize_policy
+    from gapo.models.prompting import decode_response, encode_prompt, format_prompt, stop_token_ids
+    from gapo.paths import Workspace
+    from gapo.train.sampler import sample
+
+    params = ta.tiny_params("models.policy=builtin:smollm2", f"models.cache_dir={tmp_path / 'cache'}")
+    ws = Workspace(tmp_path / "ws")
+    out = materialize_policy(params, ws)
+    assert out["kind"] == "pointer" and Path(out["path"]).is_relative_to(tmp_path / "cache")
+    assert not (ws.policy_base / "model.safetensors").exists()
+    model, tok = loading.load_policy(ws.policy_base, params.models)
+    assert model.config.model_type == "llama" and tok.eos_token == "<|im_end|>"
+    assert format_prompt("Describe a mug.", tok).endswith("<|im_start|>assistant\n")
+    ids = encode_prompt("Describe a mug in one sentence.", tok)
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant: no doubled BOS
+    res = sample(model, [ids], 24, stop_token_ids(tok), tok.pad_token_id, greedy=True)
+    text = decode_response(res.response_ids[0].tolist(), tok)
+    assert "mug" in text.lower()
+    # A second materialisation reuses the conversion (no new files, same pointer).
+    before = sorted(p.stat().st_mtime for p in (tmp_path / "cache").rglob("*.safetensors"))
+    materialize_policy(params, ws)
+    assert sorted(p.stat().st_mtime for p in (tmp_path / "cache").rglob("*.safetensors")) == before

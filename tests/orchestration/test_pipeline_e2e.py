@@ -2,8 +2,10 @@
 (`dvc repro`, the Prefect flow and its deployment on a real local server, `mlflow models serve`) against one
 pipeline workspace. The tests run in file order and build on each other's state (marked slow).
 
-Figures on the 2-core CI box (loaded): first `dvc repro` 4-7 min; a Prefect run with nothing to do 1-1.5 min; a
-PPO knob change 3-4 min; `adversarial.rounds=0` 1.5-2 min; deployment on a local server 3-5 min; serving 1-2 min.
+Measured on the shared 2-core box (load 8-11), two runs: first `dvc repro` 278-390 s; serving both champions
+31-43 s; a Prefect run with nothing to do 61-92 s; a PPO knob change 139-171 s; `dvc exp run -S
+adversarial.rounds=0` 96-114 s; the deployment test (server start, pools, worker, deploy, a run that re-evaluates
+and re-registers) 154-233 s; the module 13.5-17.5 min.
 """
 from __future__ import annotations
 

@@ -165,7 +165,8 @@ def test_tracking_off_imports_no_mlflow_run(tmp_path, monkeypatch):
 def test_stage_files_follow_dvc_yaml(tmp_path):
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n  prepare:\n    cmd: x\n    metrics:\n      - data/stats.json:\n          cache: false\n"
-        "      - metrics/prepare.json\n    plots:\n      - plots/a.csv:\n          x: step\n")
-    assert runs.stage_files(tmp_path, "prepare") == (["data/stats.json", "metrics/prepare.json"], ["plots/a.csv"])
+        "      - metrics/prepare.json\n    plots:\n      - plots/a.csv:\n          x: step\n      - reports/a.png\n")
+    assert runs.stage_files(tmp_path, "prepare") == (["data/stats.json", "metrics/prepare.json"],
+                                                     ["plots/a.csv", "reports/a.png"])
     assert runs.stage_files(tmp_path, "other") == (["metrics/other.json"], [])
     assert json.loads(json.dumps(runs.flat_params(load_params(None))))["registry.gate.kl_budget"] == "1.0"

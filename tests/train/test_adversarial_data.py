@@ -55,6 +55,19 @@ def test_each_fake_comes_with_the_reference_answer_for_its_prompt():
         assert {r["key"] for r in same} == {k}  # same key: the RM batches keep them together
 
 
+def test_verifier_labels_flip_only_the_passing_samples():
+    pref = pref_rows(50)
+    fakes = fakes_for(range(6))
+    for i, f in enumerate(fakes):
+        f["passed"] = i % 3 == 0  # samples 0 and 3 satisfy their constraints
+    gan = build_rm_round_set(pref, fakes, fake_ratio=0.5, n_pairs_if_no_fakes=0, seed=0)
+    ver = build_rm_round_set(pref, fakes, fake_ratio=0.5, n_pairs_if_no_fakes=0, seed=0, fake_labels="verifier")
+    assert [r["response"] for r in gan] == [r["response"] for r in ver]  # the same rows, in the same order
+    labels = {r["response"]: r["label"] for r in ver if r["source"] == "generator"}
+    assert labels == {f"generated {i}": int(i % 3 == 0) for i in range(6)}
+    assert all(r["label"] == 0 for r in gan if r["source"] == "generator")
+
+
 def test_no_fakes_means_preference_pairs_only():
     out = build_rm_round_set(pref_rows(20), [], fake_ratio=0.0, n_pairs_if_no_fakes=6, seed=0)
     assert len(out) == 12 and {r["source"] for r in out} == {"preference"}

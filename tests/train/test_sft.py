@@ -84,7 +84,9 @@ def test_policy_and_rm_with_different_vocabularies_train_together(tiny):
     ws, params = tiny
     policy, ptok = load_policy(ws.policy_base, params.models)
     rm, rtok = load_reward_model(ws.reward_base, params.models)
-    assert ptok.get_vocab() != rtok.get_vocab() and len(ptok) != len(rtok)
+    assert ptok.get_vocab() != rtok.get_vocab()
+    text = "Answer with at least 40 words."
+    assert ptok(text, add_special_tokens=False)["input_ids"] != rtok(text, add_special_tokens=False)["input_ids"]
     rows = read_jsonl(ws.jsonl("sft", "train"))[:8]
     before_p = policy.model.embed_tokens.weight.clone()
     before_r = rm.classifier.weight.clone()
