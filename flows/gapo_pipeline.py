@@ -33,6 +33,7 @@ import atexit  # noqa: E402
 import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -87,6 +88,17 @@ def _kill_live_groups() -> None:
             os.killpg(pgid, signal.SIGTERM)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the flow process dies. atexit does not run on kill -9 (or an OOM
+    kill) of the flow, and a stage in its own session would outlive it and race the rerun's stage in the same
+    workspace (docs/reliability.md). Linux only; elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def run_logged(cmd: list[str], root: Path, env: dict[str, str] | None, timeout_s: float, what: str,
                log=None) -> None:
     """Run `cmd` in its own process group, streaming its output to `log`; kill the whole group on timeout.
@@ -94,7 +106,7 @@ def run_logged(cmd: list[str], root: Path, env: dict[str, str] | None, timeout_s
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     tail: deque[str] = deque(maxlen=40)
     proc = subprocess.Popen(cmd, cwd=root, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", start_new_session=True)
+                            text=True, errors="replace", start_new_session=True, preexec_fn=_die_with_parent)
     _LIVE_GROUPS.add(proc.pid)
     deadline = time.monotonic() + timeout_s
     timed_out = False
@@ -126,8 +138,19 @@ def run_logged(cmd: list[str], root: Path, env: dict[str, str] | None, timeout_s
     if timed_out:
         raise StageFailed(f"{what} (timed out after {timeout_s:.0f} s)", rc, "", transient=False)
     if rc != 0:
-        last = next((line for line in reversed(tail) if line.strip()), "")
+        last = _failure_line(tail)
         raise StageFailed(what, rc, last, transient=rc not in (USER_ERROR_EXIT, INTERRUPTED_EXIT))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _failure_line(tail) -> str:
+    """What the task's failure message quotes: gapo's one-line `error: ...` when there is one (a progress bar
+    closed at exit would otherwise be the last line, e.g. a bare cursor-up escape), else the last visible line."""
+    visible = [_ANSI.sub("", line).split("\r")[-1].strip() for line in tail]
+    return (next((line for line in reversed(visible) if line.startswith("error: ")), None)
+            or next((line for line in reversed(visible) if line), ""))
 
 
 def _kill_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
@@ -215,7 +238,7 @@ def configure(root: str, profile: Optional[str], overrides: list[str]) -> dict:
     from gapo.config import load_params
 
     params = load_params(Path(root) / "params.yaml")
-    return {"params_changed": changed, "rounds": params.adversarial.rounds}
+    return {"params_changed": changed, "rounds": params.adversarial.rounds, "method": params.method}
 
 
 @task(name="stage", cache_key_fn=dvc_cache_key, persist_result=True, **TASK_RETRIES)
@@ -374,8 +397,20 @@ def gapo_pipeline(overrides: Optional[list[str]] = None, profile: Optional[str] 
     root = Path(workdir).resolve()
     if not (root / "dvc.yaml").exists():
         raise FileNotFoundError(f"workdir {root}: no dvc.yaml (point `workdir` at the gapo-pipeline checkout)")
-    cfg = configure(str(root), profile, list(overrides or []))
-    rounds_n = int(cfg["rounds"])
+    # One flow run per workspace, taken before params.yaml is written: a second run on the same workdir fails at once
+    # instead of overwriting the first one's params and checkpoints (concurrent runs: separate workdirs,
+    # docs/reliability.md). An OS lock: a killed run never leaves it behind.
+    from gapo.io import workspace_lock
+
+    held = contextlib.ExitStack()
+    held.enter_context(workspace_lock(root, "pipeline", f"gapo-pipeline flow run {rt_flow_run.name or 'local'}"))
+    try:
+        cfg = configure(str(root), profile, list(overrides or []))
+    except BaseException:
+        held.close()
+        raise
+    # Baselines (method != gapo) have no rounds: their `adversarial` stage runs whole, as with rounds = 0.
+    rounds_n = int(cfg["rounds"]) if cfg.get("method", "gapo") == "gapo" else 0
     flow_run_id, flow_run_name = str(rt_flow_run.id or "local"), str(rt_flow_run.name or "local")
     progress_id = create_progress_artifact(progress=0.0, key="gapo-progress",
                                            description="GAPO pipeline progress (stages and rounds)")
@@ -434,6 +469,7 @@ def gapo_pipeline(overrides: Optional[list[str]] = None, profile: Optional[str] 
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        held.close()
         rows = read_round_rows(root)
         if rows:
             create_table_artifact(key="gapo-rounds", table=rows,

@@ -12,16 +12,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from gapo.errors import GapoError
 
+# Stages that write the workspace's pipeline outputs. The wait (GAPO_WORKSPACE_LOCK_TIMEOUT_S, default 60 s) lets a
+# rerun start while the stage of a killed run is still shutting down (it got SIGTERM from the flow's death).
+LOCKED_STAGES = ("prepare", "models", "sft", "rm_warmup", "adversarial", "evaluate", "register")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line like every other user error, not usage + message
+        print(f"error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
 
 def _build_parser() -> argparse.ArgumentParser:
     from gapo import stages
 
-    parser = argparse.ArgumentParser(prog="gapo", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="gapo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--profile", default=None, help="merge profiles/<name>.yaml over the params file")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -51,7 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(params_path if params_path.exists() or ns.params != "params.yaml" else None,
                              overrides, ns.profile)
         extra = {dest: getattr(ns, dest) for dest in spec.dests}
-        result = spec.fn(params, Workspace(Path(ns.workdir).resolve()), **extra)
+        ws = Workspace(Path(ns.workdir).resolve())
+        if ns.stage in LOCKED_STAGES:  # one writer per workspace (a dvc repro and a flow run must not interleave)
+            from gapo.io import workspace_lock
+
+            wait = float(os.environ.get("GAPO_WORKSPACE_LOCK_TIMEOUT_S", "60"))
+            with workspace_lock(ws.root, "stage", f"gapo {ns.stage}", timeout_s=wait):
+                result = spec.fn(params, ws, **extra)
+        else:
+            result = spec.fn(params, ws, **extra)
     except GapoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

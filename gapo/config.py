@@ -175,7 +175,9 @@ class RewardConfig(Section):
     warmup_epochs: float = Field(1.0, gt=0)
     warmup_examples: int = Field(800, ge=0, description="0 = all classification rows; 800 ~ 2 min on 2 cores")
     max_length: int = Field(192, gt=8, description="RM window; facts are cut first, never the requirements")
-    score: Literal["prob", "logit"] = Field("prob", description="what PPO receives: sigmoid probability or raw logit")
+    score: Literal["prob", "logit"] = Field("logit", description="what PPO receives: raw logit (non-saturating, as the "
+                                                               "released code) or sigmoid probability; docs/method.md "
+                                                               "§9.1")
     eval_examples: int = Field(300, ge=0, description="validation rows (whole pairs); 0 = none")
     log_every: int = Field(10, gt=0)
 
@@ -183,10 +185,12 @@ class RewardConfig(Section):
 class PPOConfig(Section):
     """PPO against the reward model; names follow OpenRLHF (gapo.train.ppo)."""
 
-    actor_learning_rate: float = Field(1e-5, gt=0)
+    actor_learning_rate: float = Field(1e-4, gt=0, description="1e-4 suits the default 1.6 M generator (SFT at 3e-3); "
+                                                               "pre-trained 100 M+ models want 1e-6 to 1e-5")
     critic_learning_rate: float = Field(5e-5, gt=0)
     micro_train_batch_size: int = Field(8, gt=0)
-    train_batch_size: int = Field(32, gt=0)
+    train_batch_size: int = Field(8, gt=0, description="rollouts per optimizer step: 4 actor/critic updates per "
+                                                       "32-prompt episode")
     rollout_batch_size: int = Field(32, gt=0)
     micro_rollout_batch_size: int = Field(16, gt=0)
     n_samples_per_prompt: int = Field(1, gt=0)
@@ -215,7 +219,8 @@ class AdversarialConfig(Section):
     preference rows, sized so that samples are `fake_ratio` of the negatives and the labels are balanced."""
 
     rounds: int = Field(3, ge=0, description="adversarial rounds; 0 = final is the SFT policy + warm-up RM")
-    prompts_per_round: int = Field(64, gt=0, description="fresh train prompts sampled for fakes each round")
+    prompts_per_round: int = Field(16, gt=0, description="fresh train prompts sampled for fakes each round; 16 = 4 RM "
+                                                        "steps per round (16 steps let the RM win outright: AUC 1.0)")
     fake_ratio: float = Field(0.5, ge=0, lt=1, description="fraction of the RM set's negatives that are generator samples")
     rm_epochs_per_round: float = Field(1.0, gt=0, description="passes over the round's RM set")
     rm_learning_rate: Optional[float] = Field(None, gt=0, description="RM learning rate in the rounds (constant); "
@@ -224,6 +229,53 @@ class AdversarialConfig(Section):
     fake_labels: Literal["gan", "verifier"] = Field("gan", description="gan: every sample is 0 (the paper); verifier: "
                                                                       "a sample that passes its constraints is 1")
     eval_prompts: int = Field(64, ge=0, description="held-out prompts for the per-round health metrics (0 = none)")
+
+
+class BaselineOptimConfig(OptimConfig):
+    learning_rate: float = Field(5e-5, gt=0, description="DPO/KTO/ORPO/SimPO policy learning rate")
+    micro_batch_size: int = Field(8, gt=0, description="pairs (KTO: rows) per micro-batch")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+
+
+class DecoderRMOptimConfig(OptimConfig):
+    learning_rate: float = Field(1e-4, gt=0)
+    micro_batch_size: int = Field(8, gt=0, description="pairs per micro-batch (2x rows through the model)")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+
+
+class BaselinesConfig(Section):
+    """The paper's baselines on the same data (gapo.train.baselines): method sft / ppo (decoder RM) / dpo / kto /
+    orpo / simpo, trained on preferential-prompt or preferential-response pairs (`paradigm`); docs/baselines.md."""
+
+    optim: BaselineOptimConfig = BaselineOptimConfig()
+    epochs: float = Field(1.0, gt=0, description="passes over the pairs (DPO/KTO/ORPO/SimPO)")
+    max_steps: int = Field(0, ge=0, description="optimizer steps; 0 = `epochs` over the pairs")
+    max_pairs: int = Field(0, ge=0, description="training pairs used (seeded sample by key); 0 = all")
+    max_length: int = Field(384, gt=16, description="prompt + response tokens; the prompt loses its start first")
+    beta: float = Field(0.1, gt=0, description="DPO / KTO β (strength of the KL anchor to the SFT reference)")
+    orpo_lambda: float = Field(0.1, gt=0, description="ORPO odds-ratio weight λ (TRL ORPOConfig.beta)")
+    simpo_beta: float = Field(2.0, gt=0, description="SimPO reward scale β")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target margin γ/β (TRL CPOConfig.simpo_gamma)")
+    ppo_reward: Literal["decoder", "encoder"] = Field("decoder", description="method ppo: Bradley-Terry decoder RM "
+                                                                             "(the paper's PPO baseline) or the "
+                                                                             "warm-up encoder RM")
+    rm_optim: DecoderRMOptimConfig = DecoderRMOptimConfig()
+    rm_epochs: float = Field(1.0, gt=0, description="passes over the pairs for the decoder RM")
+    log_every: int = Field(5, gt=0)
+
+
+class CompareConfig(Section):
+    """`gapo compare`: the grid methods x paradigms x seeds run as queued DVC experiments (gapo.eval.compare)."""
+
+    methods: list[Literal["gapo", "ppo", "sft", "dpo", "kto", "orpo", "simpo"]] = Field(
+        ["gapo", "ppo", "sft", "dpo", "kto", "orpo", "simpo"])
+    paradigms: list[Literal["pp", "pr"]] = Field(["pp", "pr"])
+    seeds: list[int] = Field([1234, 1235, 1236], min_length=1)
+    jobs: int = Field(1, ge=1, description="DVC queue workers; keep 1: with 2, DVC 3.67's file-system broker "
+                                           "lost both workers after one experiment each (docs/baselines.md)")
+    target: str = Field("evaluate", description="dvc.yaml stage each experiment runs up to")
+    metric: str = Field("prompt_level_strict_acc", description="headline metrics/evaluate.json key")
+    confidence: float = Field(0.95, gt=0, lt=1)
 
 
 class EvaluateConfig(Section):
@@ -283,9 +335,11 @@ class Params(Section):
     reward: RewardConfig = RewardConfig()
     ppo: PPOConfig = PPOConfig()
     adversarial: AdversarialConfig = AdversarialConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     tracking: TrackingConfig = TrackingConfig()
+    compare: CompareConfig = CompareConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":

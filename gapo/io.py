@@ -101,5 +101,44 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a jsonl file we wrote ourselves (user files go through gapo.data.loaders instead)."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    from gapo.errors import DataError
+
+    out = []
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+                if line.strip():
+                    out.append(json.loads(line))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                # A truncated or hand-edited pipeline file: one line naming it, not a traceback.
+                why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+                raise DataError(f"{path} line {lineno}: invalid JSON ({why}); expected one object per line "
+                                "(rerun the stage that wrote it)") from None
+    return out
+
+
+@contextlib.contextmanager
+def workspace_lock(root: str | os.PathLike, name: str, what: str, timeout_s: float = 0.0) -> Iterator[None]:
+    """Hold `<root>/.gapo/<name>.lock` (an OS file lock: released when the process dies, even on kill -9) while a
+    pipeline run or stage writes into the workspace. Two writers in one workspace would clobber each other's
+    params.yaml and checkpoints; concurrent runs belong in separate workspaces (docs/reliability.md). A holder
+    waits up to `timeout_s`, then raises a one-line GapoError naming the other process."""
+    from filelock import FileLock, Timeout
+
+    from gapo.errors import GapoError
+
+    base = Path(root) / ".gapo"
+    base.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(str(base / f"{name}.lock")), base / f"{name}.owner"
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        other = owner.read_text(encoding="utf-8").strip() if owner.is_file() else "another process"
+        raise GapoError(f"workspace {Path(root)}: busy, {other} holds .gapo/{name}.lock (waited {timeout_s:g} s); "
+                        "run concurrent pipelines in separate workspaces (docs/reliability.md)") from None
+    try:
+        owner.write_text(f"pid {os.getpid()} ({what})\n", encoding="utf-8")
+        yield
+    finally:
+        lock.release()

@@ -30,3 +30,9 @@ def device(params: Params) -> "torch.device":  # noqa: F821
     if params.runtime.device == "cuda" or (params.runtime.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def bars_off(main: bool = True) -> bool:
+    """`disable=` for a tqdm bar: off on non-main ranks, and wherever TQDM_DISABLE is set (Prefect workers, CI).
+    tqdm reads TQDM_DISABLE only when `disable` is not passed, and the bars here pass it for the ranks."""
+    return (not main) or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")

@@ -66,15 +66,31 @@ def sft(params: Params, ws: Workspace) -> dict:
 
 
 def rm_warmup(params: Params, ws: Workspace) -> dict:
+    from gapo.train.baselines import paradigm_workspace
     from gapo.train.reward import run_rm_warmup_stage
 
-    return run_rm_warmup_stage(params, ws)
+    # paradigm pr: the encoder RM warms up on the preferential-response pairs (gapo.train.baselines)
+    return run_rm_warmup_stage(params, paradigm_workspace(params, ws))
 
 
 def adversarial(params: Params, ws: Workspace, round: int | None = None) -> dict:  # noqa: A002 (the CLI flag)
     from gapo.train.adversarial import run_adversarial_stage
+    from gapo.train.baselines import is_baseline, paradigm_workspace, run_baseline_stage
 
+    ws = paradigm_workspace(params, ws)
+    if is_baseline(params):  # method sft / ppo (decoder RM) / dpo / kto / orpo / simpo: docs/baselines.md
+        if round is not None:
+            from gapo.config import ConfigError
+
+            raise ConfigError(f"adversarial --round {round}: method {params.method} has no rounds")
+        return run_baseline_stage(params, ws)
     return run_adversarial_stage(params, ws, round)
+
+
+def compare(params: Params, ws: Workspace, collect_only: bool = False) -> dict:
+    from gapo.eval.compare import run_compare
+
+    return run_compare(params, ws, collect_only=collect_only)
 
 
 STAGES: dict[str, StageSpec] = {
@@ -86,7 +102,8 @@ STAGES: dict[str, StageSpec] = {
     "sft": StageSpec(sft, "warm-up SFT of the policy on data/sft -> checkpoints/sft"),
     "rm_warmup": StageSpec(rm_warmup, "warm-up BCE training of the encoder RM on data/rm -> checkpoints/rm_warmup"),
     "adversarial": StageSpec(adversarial, "GAPO rounds: RM step on fresh policy samples, then PPO against it; "
-                                          "resumes after the last complete round -> checkpoints/rounds, final", [
+                                          "resumes after the last complete round -> checkpoints/rounds, final "
+                                          "(method != gapo: the baseline, docs/baselines.md)", [
         (("--round",), {"type": int, "default": None, "metavar": "K",
                         "help": "run only round K (rounds 1..K-1 must be complete); default: every remaining round"}),
     ]),
@@ -125,6 +142,11 @@ def lineage(params: Params, ws: Workspace, uri: str, as_json: bool = False) -> N
     print(json.dumps(report, indent=2, sort_keys=True) if as_json else format_report(report))
 
 
+STAGES["compare"] = StageSpec(compare, "grid methods x paradigms x seeds as queued `dvc exp run`s -> "
+                                       "reports/compare.md + reports/compare.png (mean, 95% CI over seeds)", [
+    (("--collect-only",), {"dest": "collect_only", "action": "store_true",
+                           "help": "queue and run nothing: build the report from the experiments DVC already has"}),
+])
 STAGES["register"] = StageSpec(register, "register the final policy and RM in MLflow (alias candidate) and run the "
                                          "promotion gate (alias champion)")
 STAGES["lineage"] = StageSpec(lineage, "print a registered model's lineage: version -> run -> Prefect flow run -> "

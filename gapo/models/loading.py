@@ -109,7 +109,7 @@ def _load_config(path: Path, role: str, cfg: ModelsConfig):
         return AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, local_files_only=True)
     except ValueError as exc:
         msg = str(exc).splitlines()[0]
-        if "trust_remote_code" in msg:
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):  # transformers names it on a later line
             raise ModelError(f"{role} {str(path)!r}: needs custom code from the checkpoint; set "
                              "models.trust_remote_code=true only if you trust it") from None
         raise ModelError(f"{role} {str(path)!r}: unreadable config.json ({msg})") from None

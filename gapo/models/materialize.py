@@ -143,6 +143,33 @@ def materialize_reward(params: Params, ws: Workspace) -> dict:
     return _point_at_user_model(params, spec, out, "reward")
 
 
+def check_sources(params: Params) -> None:
+    """Validate both specs before anything is written: a bad reward model must not leave a new models/policy
+    behind (a failed stage leaves no outputs)."""
+    for role, spec, known in (("policy", params.models.policy, BUILTIN_POLICIES),
+                              ("reward", params.models.reward, BUILTIN_REWARDS)):
+        if spec.startswith("builtin:"):
+            if spec not in known:
+                raise ModelError(f"models.{role} {spec!r}: unknown builtin (expected one of: {', '.join(known)})")
+        else:
+            _user_model_config(params, spec, role)
+
+
+def _user_model_config(params: Params, spec: str, role: str):
+    from gapo.models import loading
+
+    path = loading.resolve_model_dir(spec, role, params.models)
+    loading.check_model_dir(path, role, params.models)
+    config = loading._load_config(path, role, params.models)
+    encoder = loading.is_encoder_config(config)
+    if role == "reward" and not encoder:
+        raise ModelError(f"reward {spec!r}: is a decoder-only model ({config.model_type}); the reward model must be "
+                         "an encoder (BERT, RoBERTa, DeBERTa, Longformer, ModernBERT, MiniLM)")
+    if role == "policy" and encoder:
+        raise ModelError(f"policy {spec!r}: is an encoder ({config.model_type}); the policy must be a causal LM")
+    return path, config
+
+
 def _point_at_user_model(params: Params, spec: str, out: Path, role: str) -> dict:
     from gapo.models import loading
 
@@ -166,6 +193,7 @@ def run_models(params: Params, ws: Workspace) -> dict:
     from gapo.io import write_json
 
     runtime.setup(params)
+    check_sources(params)
     t0 = time.perf_counter()
     summary = {"policy": materialize_policy(params, ws), "reward": materialize_reward(params, ws)}
     summary["time_s"] = round(time.perf_counter() - t0, 2)

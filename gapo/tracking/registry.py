@@ -176,7 +176,7 @@ def prompt_template(tokenizer) -> str:
     return text.replace("{", "{{").replace("}", "}}").replace(marker, "{prompt}")
 
 
-def log_policy(params: Params, policy_dir: Path, registered_name: str):
+def log_policy(params: Params, policy_dir: Path):
     import mlflow
     from mlflow.models import infer_signature
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -190,12 +190,12 @@ def log_policy(params: Params, policy_dir: Path, registered_name: str):
     sig = infer_signature(["Write a product description."], ["A description."], params=defaults)
     return mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer}, task="text-generation", name="policy",
-        registered_model_name=registered_name, signature=sig, prompt_template=prompt_template(tokenizer),
+        signature=sig, prompt_template=prompt_template(tokenizer),
         model_config=dict(defaults), pip_requirements=PIP_REQUIREMENTS,
         metadata={"gapo.role": "policy"})
 
 
-def log_reward_model(params: Params, reward_dir: Path, registered_name: str):
+def log_reward_model(params: Params, reward_dir: Path):
     import mlflow
 
     from gapo.tracking import reward_pyfunc
@@ -208,7 +208,7 @@ def log_reward_model(params: Params, reward_dir: Path, registered_name: str):
             artifacts={reward_pyfunc.ARTIFACT_KEY: str(reward_dir)}, signature=reward_pyfunc.signature(),
             model_config={"max_length": int(params.reward.max_length), "score": params.reward.score,
                           "batch_size": 32},
-            registered_model_name=registered_name, code_paths=[str(Path(tmp) / "gapo")],
+            code_paths=[str(Path(tmp) / "gapo")],
             pip_requirements=PIP_REQUIREMENTS, metadata={"gapo.role": "reward_model"})
 
 
@@ -273,25 +273,25 @@ def run_register(params: Params, ws: Workspace) -> dict[str, Any]:
         if parent_id:
             with contextlib.suppress(Exception):
                 lineage.backfill_self_hashes(client, parent_id, ws.root)
-        policy_info = log_policy(params, policy_dir, params.registry.policy_name)
-        reward_info = log_reward_model(params, reward_dir, params.registry.reward_model_name)
+        policy_info = log_policy(params, policy_dir)
+        reward_info = log_reward_model(params, reward_dir)
     except BaseException:
         if started_here:
             mlflow.end_run(status="FAILED")
         raise
     if started_here:
         mlflow.end_run()
-    versions = {params.registry.policy_name: str(policy_info.registered_model_version),
-                params.registry.reward_model_name: str(reward_info.registered_model_version)}
     tags = {**lineage.version_tags(ws.root), "gapo.run_id": run.info.run_id,
             "gapo.pipeline_run_id": parent_id or "", "eval.set": candidate.get("eval_set") or "",
             **{f"eval.{k}": repr(v) for k, v in eval_metrics.items()}}
     if candidate.get("hack_gap") is not None:
         tags["eval.hack_gap"] = repr(candidate["hack_gap"])
-    for name, version in versions.items():
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, value)
-        client.set_registered_model_alias(name, CANDIDATE, version)
+    # Tags go in with the version (one request); setting ~100 tags one by one took ~10 min on a loaded server.
+    versions = {}
+    for name, info in ((params.registry.policy_name, policy_info), (params.registry.reward_model_name, reward_info)):
+        mv = mlflow.register_model(info.model_uri, name, tags=tags)
+        versions[name] = str(mv.version)
+        client.set_registered_model_alias(name, CANDIDATE, mv.version)
     verdict = promote(client, params, versions, candidate)
     champion = champion_info(client, params)
     result = {"policy_name": params.registry.policy_name, "policy_version": int(versions[params.registry.policy_name]),

@@ -41,6 +41,7 @@ from typing import Any, Optional, Sequence
 
 from gapo.config import ConfigError, Params
 from gapo.paths import Workspace
+from gapo.runtime import bars_off
 
 ROUND_FILE = "round.json"
 HEADLINE = ("rm_auc", "fool_rate", "mean_reward", "kl", "verifier_pass_rate", "hack_gap")
@@ -130,7 +131,7 @@ def generate_fakes(actor, tokenizer, rows: Sequence[dict], params: Params, k: in
     greedy = params.adversarial.fake_sampling == "greedy"
     out = []
     for s in tqdm(range(0, len(rows), ppo.micro_rollout_batch_size), desc=f"round {k} fakes",
-                  disable=not E.is_main(), dynamic_ncols=True, leave=False):
+                  disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False):
         chunk = rows[s:s + ppo.micro_rollout_batch_size]
         with decode_threads():
             res = sample(actor, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
@@ -176,7 +177,7 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
     gen.manual_seed(seed)
     texts, kls, ents, lengths, eos = [], [], [], [], []
     for s in tqdm(range(0, len(eval_rows), ppo.micro_rollout_batch_size), desc="health samples",
-                  disable=not E.is_main(), dynamic_ncols=True, leave=False):
+                  disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False):
         chunk = eval_rows[s:s + ppo.micro_rollout_batch_size]
         with decode_threads():
             res = sample(module, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
@@ -244,6 +245,10 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
 
 # ============================================================================================ checkpoints
 def _md5(path: Path) -> str:
+    if not path.exists():  # a missing input is the user's to fix: one line, not a traceback
+        from gapo.errors import DataError
+
+        raise DataError(f"{path}: not found (run `gapo prepare`, `gapo sft` and `gapo rm_warmup` first)")
     h = hashlib.md5()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
@@ -255,9 +260,31 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+# The code a round's result depends on (the modules this stage runs; sft.py and baselines.py only reach it through
+# checkpoints, which are hashed as inputs). DVC reruns the stage when its code deps change and `persist: true`
+# keeps the old rounds, so without this a fix to e.g. the PPO loss would resume rounds trained by the old code.
+CODE_DEPS = ("gapo/train/adversarial.py", "gapo/train/ppo.py", "gapo/train/losses.py", "gapo/train/reward.py",
+             "gapo/train/engine.py", "gapo/train/sampler.py", "gapo/models", "gapo/data/constraints.py",
+             "gapo/data/catalog.py", "gapo/data/ifeval_checkers.py")
+
+
+def code_digest(root: Optional[Path] = None) -> str:
+    """md5 over the .py files of CODE_DEPS (path + content, sorted), relative to the repository root."""
+    root = root or Path(__file__).resolve().parents[2]
+    h = hashlib.md5()
+    for dep in CODE_DEPS:
+        base = root / dep
+        files = sorted(base.rglob("*.py")) if base.is_dir() else [base]
+        for f in files:
+            if f.is_file():
+                h.update(str(f.relative_to(root)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def fingerprint(params: Params, ws: Workspace) -> str:
     """What a completed round depends on: every knob that changes training (all but `adversarial.rounds`, so adding
-    rounds resumes) and the inputs' content. A round with another fingerprint is stale and is redone."""
+    rounds resumes), the inputs' content and the code. A round with another fingerprint is stale and is redone."""
     adv = params.adversarial.model_dump(mode="json")
     adv.pop("rounds")
     ds = params.deepspeed.model_dump(mode="json")
@@ -268,6 +295,7 @@ def fingerprint(params: Params, ws: Workspace) -> str:
     tree = {"seed": params.seed, "method": params.method, "ppo": params.ppo.model_dump(mode="json"), "adversarial": adv,
             "reward": params.reward.model_dump(mode="json"), "deepspeed": ds, "world": E.world_size(),
             "models": {k: getattr(params.models, k) for k in ("dtype", "critic_init", "gradient_checkpointing")},
+            "code": code_digest(),
             "inputs": {name: _md5(p) for name, p in (("sft", ws.sft), ("rm_warmup", ws.rm_warmup),
                                                      ("ifeval_train", ws.jsonl("ifeval", "train")),
                                                      ("rm_train", ws.jsonl("rm", "train")))}}
@@ -414,6 +442,7 @@ def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) 
     adv, m = params.adversarial, players.ppo
     t0 = time.perf_counter()
     record: dict[str, Any] = {"round": k}
+    clock: dict[str, float] = {}  # seconds per phase -> record["timing/<phase>_s"] (docs/benchmarks.md)
     if params.method == "gapo":
         # (a) the current generator answers fresh training prompts
         fake_prompts = prompt_slice(players.train_prompts, k, adv.prompts_per_round, params.seed, "fakes")
@@ -422,6 +451,7 @@ def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) 
         # or by the verifier (adversarial.fake_labels, docs/method.md §9.4)
         rm_set = build_rm_round_set(players.pref_rows, fakes if adv.fake_ratio > 0 else [], adv.fake_ratio,
                                     adv.prompts_per_round, seed=params.seed + k, fake_labels=adv.fake_labels)
+        clock["fakes"] = time.perf_counter() - t0
         # (c) the discriminator learns to tell this round's samples from real answers, continuing from k−1
         _, curve = train_reward_model(m.reward, m.reward_tokenizer, rm_set, params, epochs=adv.rm_epochs_per_round,
                                       desc=f"round {k} rm", seed=params.seed + 31 * k)
@@ -429,6 +459,7 @@ def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) 
         record.update(rm_loss=sum(c[1] for c in curve) / len(curve), rm_steps=len(curve),
                       fakes_pass_rate=sum(checked) / len(checked) if checked else float("nan"),
                       n_fakes_in_rm_set=sum(r.get("source") == "generator" for r in rm_set), rm_set_size=len(rm_set))
+        clock["rm_retrain"] = time.perf_counter() - t0 - clock["fakes"]
     # (d) the generator is optimised by PPO against the updated discriminator
     where = Where(round=k, step=0)
     ppo_stats = []
@@ -442,9 +473,15 @@ def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) 
                   rollout_pass_rate=sum(s["pass_rate"] for s in ppo_stats) / len(ppo_stats),
                   rollout_kl=last["kl"], policy_loss=last["policy_loss"], value_loss=last["value_loss"],
                   clipfrac=last["clipfrac"], kl_coef=last["kl_coef"], ppo_steps=where.step, ppo=ppo_stats)
+    for phase, key in (("rollout", "timing/rollout_s"), ("ppo_forward", "timing/forward_s"),
+                       ("reward", "timing/reward_s"), ("ppo_update", "train_s")):
+        clock[phase] = sum(s.get(key, 0.0) for s in ppo_stats)
+    t_eval = time.perf_counter()
     # health of the game after this round (fresh samples, held-out prompts)
     record.update(health_of(players, params, k))
+    clock["eval"] = time.perf_counter() - t_eval
     record["seconds"] = round(time.perf_counter() - t0, 1)
+    record.update({f"timing/{p}_s": round(v, 3) for p, v in clock.items()})
     # (e) checkpoint; round.json is written last and marks the round complete
     save_round(players, ws, k, fp, record)
     return record
@@ -568,7 +605,7 @@ def run_adversarial(params: Params, ws: Workspace, only_round: Optional[int] = N
             baseline = {"round": 0, **baseline_health(params, ws)}
         if E.is_main():
             write_json(baseline_file, {**baseline, "fingerprint": fp})
-    bar = tqdm(todo, desc="adversarial rounds", disable=not E.is_main(), dynamic_ncols=True)
+    bar = tqdm(todo, desc="adversarial rounds", disable=bars_off(E.is_main()), dynamic_ncols=True)
     for k in bar:
         record = run_round(players, params, ws, k, fp)
         ran.append(k)
@@ -593,9 +630,9 @@ def run_adversarial(params: Params, ws: Workspace, only_round: Optional[int] = N
 def run_adversarial_stage(params: Params, ws: Workspace, only_round: Optional[int] = None) -> dict:
     from gapo.train.engine import maybe_relaunch
 
-    if params.deepspeed.launcher != "none" and only_round is not None:
-        raise ConfigError("adversarial --round with deepspeed.launcher set: launch the whole stage instead")
-    launched = maybe_relaunch("gapo.train.adversarial", params, ws)
+    # `--round k` travels to the launched ranks (the Prefect flow runs one launched job per round)
+    launched = maybe_relaunch("gapo.train.adversarial", params, ws,
+                              ["--round", str(only_round)] if only_round is not None else None)
     return launched if launched is not None else run_adversarial(params, ws, only_round)
 
 

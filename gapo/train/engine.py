@@ -17,7 +17,8 @@ API
       optimizer, LR scheduler and step counters for resume (DeepSpeed checkpoint format, our own files only)
 - `num_update_steps(n_examples, optim, epochs, world)` -> optimizer steps for a run
 - `launcher_command(module, args, ds)` / `launcher_env()`      relaunch a recipe under torchrun / deepspeed
-- `maybe_relaunch(module, params, ws)` -> summary | None       `gapo sft` with deepspeed.launcher != none
+- `maybe_relaunch(module, params, ws, extra_args)` -> summary | None   a stage with deepspeed.launcher != none
+- `inside_launcher()`                                            RANK/LOCAL_RANK from a launcher (not our own)
 
 Why torch AdamW: DeepSpeed's FusedAdam / DeepSpeedCPUAdam are JIT-compiled C++ ops (2-4 min each on 2 cores);
 torch's AdamW works in every ZeRO stage with no build. Why the shm skip: every CPU `init_distributed()` would
@@ -301,9 +302,12 @@ def launcher_env() -> dict:
 
 
 def launcher_command(module: str, args: list[str], ds: DeepSpeedConfig) -> list[str]:
+    """The launcher command line. `torchrun` starts the ranks of THIS node only (static rendezvous on
+    127.0.0.1:master_port); for several nodes use `deepspeed` with a hostfile (it starts every node's ranks over
+    pdsh), or start `torchrun --nnodes ... -m <module>` on each node yourself (infra/deepspeed/README.md)."""
     if ds.launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ds.num_processes}",
-                f"--master_port={ds.master_port}", "-m", module, *args]
+                "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={ds.master_port}", "-m", module, *args]
     if ds.launcher == "deepspeed":
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(ds.num_processes),
                "--master_port", str(ds.master_port)]
@@ -313,25 +317,54 @@ def launcher_command(module: str, args: list[str], ds: DeepSpeedConfig) -> list[
     raise ValueError(f"deepspeed.launcher={ds.launcher!r} launches nothing")
 
 
-def maybe_relaunch(module: str, params: Params, ws) -> Optional[dict]:
+def inside_launcher() -> bool:
+    """Whether this process is a rank some launcher started (torchrun, deepspeed, pdsh on another node, a
+    Kubernetes PyTorchJob): it has RANK / LOCAL_RANK that WE did not set for a bare process. GAPO_LAUNCHED alone is
+    not enough: DeepSpeed's multi-node runner forwards only a few variable prefixes to the ranks it starts."""
+    if os.environ.get("GAPO_LAUNCHED") == "1":
+        return True
+    if os.environ.get(_SET_BY_US) == "1":
+        return False
+    return "LOCAL_RANK" in os.environ or "RANK" in os.environ
+
+
+def launch_dir(ws) -> Path:
+    """Scratch directory for the merged params and the summary of one launched job: under the workspace, which a
+    multi-node job must have on a shared filesystem anyway (a local /tmp is invisible to the other nodes).
+    `<workspace>/tmp/` is git-ignored and no DVC output."""
+    import uuid
+
+    d = Path(ws.root).resolve() / "tmp" / f"launch-{uuid.uuid4().hex[:12]}"
+    d.mkdir(parents=True, exist_ok=False)
+    return d
+
+
+def maybe_relaunch(module: str, params: Params, ws, extra_args: Optional[list[str]] = None) -> Optional[dict]:
     """If params ask for a launcher and we are not inside one yet, run `python -m <module>` under it with the
-    merged params (profiles and -S overrides included) and return its summary; else None (run in-process)."""
+    merged params (profiles and -S overrides included) and `extra_args` (e.g. `--round 2`), and return rank 0's
+    summary; else None (run in-process)."""
     import json
-    import tempfile
+    import shutil
 
     from gapo.config import dump_params
     from gapo.errors import GapoError
 
-    if params.deepspeed.launcher == "none" or os.environ.get("GAPO_LAUNCHED") == "1":
+    if params.deepspeed.launcher == "none" or inside_launcher():
         return None
-    with tempfile.TemporaryDirectory(prefix="gapo-launch-") as tmp:
-        pfile, sfile = Path(tmp) / "params.yaml", Path(tmp) / "summary.json"
+    tmp = launch_dir(ws)
+    try:
+        pfile, sfile = tmp / "params.yaml", tmp / "summary.json"
         pfile.write_text(dump_params(params), encoding="utf-8")
         env = launcher_env()
         env["GAPO_LAUNCHED"] = "1"
-        cmd = launcher_command(module, ["--params", str(pfile), "--workdir", str(ws.root), "--summary", str(sfile)],
-                               params.deepspeed)
+        cmd = launcher_command(module, ["--params", str(pfile), "--workdir", str(Path(ws.root).resolve()),
+                                        "--summary", str(sfile), *(extra_args or [])], params.deepspeed)
         proc = subprocess.run(cmd, env=env)
         if proc.returncode != 0:
             raise GapoError(f"{module}: launcher {params.deepspeed.launcher} exited with status {proc.returncode}")
+        if not sfile.is_file():
+            raise GapoError(f"{module}: launcher {params.deepspeed.launcher} finished but rank 0 wrote no summary "
+                            f"({sfile})")
         return json.loads(sfile.read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -37,6 +37,8 @@ import torch
 
 from gapo.config import ConfigError, OptimConfig, Params
 from gapo.errors import NumericalError
+from gapo.runtime import bars_off
+from gapo.train.guards import inject_nan
 from gapo.train.losses import (build_kl_controller, compute_approx_kl, compute_reward, entropy_from_logits,
                                get_advantages_and_returns, log_probs_from_logits, masked_mean, masked_whiten,
                                policy_loss, value_loss)
@@ -223,30 +225,40 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
     expanded = [r for r in rows for _ in range(ppo.n_samples_per_prompt)]
     rollouts: list[Rollout] = []
     acc: dict[str, list[float]] = {"reward": [], "kl": [], "entropy": [], "response_length": [], "pass": []}
+    clock = {"rollout": 0.0, "forward": 0.0, "reward": 0.0}  # seconds per phase (timing/<phase>_s, docs/benchmarks.md)
     actor, critic = _module(models.actor), _module(models.critic)
     actor.eval()
     critic.eval()
     bar = tqdm(range(0, len(expanded), ppo.micro_rollout_batch_size), desc=f"{where.stage} rollouts",
-               disable=not E.is_main(), dynamic_ncols=True, leave=False, mininterval=1.0)
+               disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False, mininterval=1.0)
     for start in bar:
         chunk = expanded[start:start + ppo.micro_rollout_batch_size]
+        t0 = time.perf_counter()
         with decode_threads():
             s = sample(actor, encode_prompts(chunk, tok, ppo.prompt_max_len), ppo.generate_max_len, stops, pad,
                        greedy=False, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, sync_ranks=True)
         seq, attn = s.sequences.to(device), s.attention_mask.to(device)
         mask = s.action_mask.to(device).float()
         n = mask.size(1)
+        t1 = time.perf_counter()
         logp, ent = response_log_probs(actor, seq, attn, n, with_entropy=True)
         ref_logp, _ = response_log_probs(models.ref, seq, attn, n)
         values = response_values(critic, seq, attn, n).float()
+        t2 = time.perf_counter()
         # The RM reads TEXT in its own tokenizer: decode the policy's response, never pass its ids (§8 bug 5).
         texts = [decode_response(ids, tok, stops) for ids in s.response_ids.tolist()]
         score = rm_score(models.reward, models.reward_tokenizer, [r["prompt"] for r in chunk], texts, params)
         score = score.to(device).float()
+        t3 = time.perf_counter()
+        clock["rollout"] += t1 - t0
+        clock["forward"] += t2 - t1
+        clock["reward"] += t3 - t2
+        score = inject_nan("ppo.reward", score, round=where.round, step=where.step)  # fault-injection hook
         check_finite(score, "reward-model score", where)
         kl = compute_approx_kl(logp, ref_logp, mask, ppo.kl_estimator)
         rewards = compute_reward(score, kl_coef, kl, mask, tuple(ppo.reward_clip_range))
         adv, ret = get_advantages_and_returns(values, rewards, mask, ppo.gamma, ppo.lambd)
+        adv = inject_nan("ppo.advantages", adv, round=where.round, step=where.step)  # fault-injection hook
         check_finite(adv, "advantages", where)
         check_finite(ret, "returns", where)
         verdicts = verifier_verdicts(chunk, texts)
@@ -266,6 +278,7 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
     actor.train()
     critic.train()
     stats = {k if k != "pass" else "pass_rate": (sum(v) / len(v) if v else float("nan")) for k, v in acc.items()}
+    stats.update({f"timing/{k}_s": round(v, 3) for k, v in clock.items()})
     return rollouts, stats
 
 
@@ -329,7 +342,7 @@ def ppo_train(models: PPOModels, rollouts: list[Rollout], params: Params, where:
     sums: dict[str, float] = {}
     n_micro = 0
     n_steps = ppo.max_epochs * math.ceil(len(rollouts) / per_rank)
-    bar = tqdm(total=n_steps, desc=f"{where.stage} train", disable=not E.is_main(), dynamic_ncols=True, leave=False)
+    bar = tqdm(total=n_steps, desc=f"{where.stage} train", disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False)
     models.actor.train()
     models.critic.train()
     for _ in range(ppo.max_epochs):
@@ -346,6 +359,7 @@ def ppo_train(models: PPOModels, rollouts: list[Rollout], params: Params, where:
                 # actor: clipped surrogate against π_old (the released code's PPO, not the paper's L_G, §9 item 6)
                 logp, ent = response_log_probs(models.actor, seq, attn, n, with_entropy=True)
                 pl, pstats = policy_loss(logp, batch["log_probs"], batch["advantages"], mask, ppo.eps_clip)
+                pl = inject_nan("ppo.policy_loss", pl, round=where.round, step=where.step)  # fault-injection hook
                 check_finite(pl, "policy loss", where)
                 models.actor.backward(pl)
                 models.actor.step()

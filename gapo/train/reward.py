@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 
 from gapo.config import Params
 from gapo.paths import Workspace
+from gapo.runtime import bars_off
 
 Encoded = tuple[list[int], list[int], float]  # ids, token type ids, label
 
@@ -228,6 +229,7 @@ def train_reward_model(model_or_engine, tokenizer, rows: Sequence[dict], params:
 
     from gapo.errors import NumericalError
     from gapo.train import engine as E
+    from gapo.train.guards import inject_nan
 
     optim = params.reward.optim
     rank, world = E.init_distributed()
@@ -253,13 +255,14 @@ def train_reward_model(model_or_engine, tokenizer, rows: Sequence[dict], params:
     it = micro_batches()
     curve: list[tuple[int, float, float]] = []
     engine.train()
-    bar = tqdm(total=steps, desc=desc, disable=rank != 0, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=steps, desc=desc, disable=bars_off(rank == 0), dynamic_ncols=True, mininterval=1.0)
     t0, seen = time.perf_counter(), 0
     for step in range(1, steps + 1):
         step_loss = 0.0
         for _ in range(optim.gradient_accumulation_steps):
             batch = {k: v.to(engine.device) for k, v in next(it).items()}
             loss = F.binary_cross_entropy_with_logits(_logits(engine, batch), batch["labels"])
+            loss = inject_nan("rm.loss", loss, step=step, desc=desc)  # fault-injection hook (tests only)
             if not torch.isfinite(loss):
                 raise NumericalError(f"{desc} step {step}: BCE loss is {loss.item()}")
             engine.backward(loss)

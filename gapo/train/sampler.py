@@ -16,6 +16,10 @@ as the sampler does, so a left-padded row gets the same positions as the same pr
 first id in `eos_token_id` (int or list); the loop ends when every row has stopped or after `max_new_tokens`.
 `sync_ranks=True` keeps every rank stepping until all ranks are done (needed under ZeRO-3, where each forward
 is a collective). Greedy output equals HF `generate(do_sample=False)` (tests/train/test_sampler.py).
+
+Speed (docs/benchmarks.md): for Llama-family policies the decode steps after HF's prefill run through
+`_StaticLlamaDecoder` (K/V buffers allocated once, mask built once; `STATIC_CACHE = False` turns it off), and
+sampling draws by inverting the CDF (`_sample_categorical`) instead of `torch.multinomial`.
 """
 from __future__ import annotations
 
@@ -77,8 +81,20 @@ def logits_to_next_token(logits: torch.Tensor, greedy: bool = False, temperature
         drop = probs.cumsum(-1) - probs >= top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return _sample_categorical(logits.softmax(-1), generator)
+
+
+def _sample_categorical(probs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One draw per row from `probs` [B, V] by inverting the CDF: the first index whose cumulative mass exceeds
+    u·total, u ~ U[0, 1). Same distribution as `torch.multinomial(probs, 1)` but ~10x cheaper on CPU (multinomial
+    was 4.6 ms of a 35 ms decode step at 16×4096; this is 0.3 ms: benchmarks/rollout.py). The CDF is accumulated in
+    float64 so small probabilities are not biased by rounding; v is kept strictly below the total, so the chosen
+    index always has positive mass (a token masked by top-k/top-p can never be drawn)."""
+    cdf = probs.double().cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, dtype=torch.float64, device=probs.device, generator=generator)
+    v = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, v, right=True).squeeze(-1)
 
 
 def _as_set(eos: Union[int, Sequence[int]]) -> list[int]:
@@ -131,6 +147,90 @@ def _finish(prompt_ids, prompt_mask, tokens: list[torch.Tensor], alive_steps: li
                    action_mask=act, prompt_len=P)
 
 
+class _StaticLlamaDecoder:
+    """Decode steps of a Llama-family causal LM with a preallocated (static) KV cache and a mask built once.
+
+    The prefill is HF's own forward; each following step runs the same modules (embedding, RMSNorms, q/k/v/o
+    projections, MLP, lm_head) and HF's rotary embedding, but writes K/V into buffers allocated once for P+N
+    positions and attends to a slice of them with a boolean mask sliced from one [B, P+N] tensor. This removes, per
+    step, the DynamicCache's torch.cat of every layer's K and V (O(L) copies per step), HF's mask construction and
+    the attention-mask torch.cat: docs/benchmarks.md has the before/after. Same math and the same SDPA kernel as
+    HF's "sdpa" attention, so greedy output equals HF generate (tests/train/test_sampler.py).
+    Used only for a plain (non-ZeRO-3-partitioned) `model_type == "llama"` module; anything else takes the generic
+    path in `sample`.
+    """
+
+    def __init__(self, module, prefill_cache, prompt_mask: torch.Tensor, max_new_tokens: int):
+        self.module, self.inner = module, module.model
+        cfg = module.config
+        self.layers = list(self.inner.layers[: cfg.num_hidden_layers])
+        B, P = prompt_mask.shape
+        self.P, self.B = P, B
+        total = P + max_new_tokens
+        mask = torch.ones((B, total), dtype=torch.bool, device=prompt_mask.device)
+        mask[:, :P] = prompt_mask.bool()
+        self.mask = mask[:, None, None, :]  # [B, 1, 1, P+N]: finished rows keep attending to their pads (harmless)
+        self.k, self.v = [], []
+        for i, layer in enumerate(prefill_cache.layers[: len(self.layers)]):
+            k, v = layer.keys, layer.values  # [B, kv_heads, P, head_dim]
+            kb = k.new_empty((B, k.size(1), total, k.size(3)))
+            vb = v.new_empty((B, v.size(1), total, v.size(3)))
+            kb[:, :, :P] = k
+            vb[:, :, :P] = v
+            self.k.append(kb)
+            self.v.append(vb)
+
+    @staticmethod
+    def supports(module) -> bool:
+        cfg = getattr(module, "config", None)
+        inner = getattr(module, "model", None)
+        if cfg is None or inner is None or getattr(cfg, "model_type", None) != "llama":
+            return False
+        if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+            return False
+        if not all(hasattr(inner, a) for a in ("embed_tokens", "rotary_emb", "layers", "norm")):
+            return False
+        # ZeRO-3 partitions parameters and gathers them in module hooks around the full forward: keep HF's path.
+        return not any(hasattr(p, "ds_id") for p in module.parameters())
+
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin  # HF's apply_rotary_pos_emb
+
+    def step(self, tokens: torch.Tensor, position_ids: torch.Tensor, t: int) -> torch.Tensor:
+        """Logits [B, V] after feeding `tokens` [B] at cache slot `t` (= P + step) and positions [B, 1]."""
+        import torch.nn.functional as F
+
+        B = self.B
+        h = self.inner.embed_tokens(tokens[:, None])
+        cos, sin = self.inner.rotary_emb(h, position_ids=position_ids)
+        cos, sin = cos[:, None], sin[:, None]
+        mask = self.mask[..., : t + 1]
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            hd = attn.head_dim
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(B, 1, -1, hd).transpose(1, 2)
+            k = attn.k_proj(x).view(B, 1, -1, hd).transpose(1, 2)
+            v = attn.v_proj(x).view(B, 1, -1, hd).transpose(1, 2)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            self.k[i][:, :, t: t + 1] = k
+            self.v[i][:, :, t: t + 1] = v
+            K, V = self.k[i][:, :, : t + 1], self.v[i][:, :, : t + 1]
+            groups = attn.num_key_value_groups
+            if groups > 1:  # GQA: repeat K/V heads as HF's repeat_kv does
+                K, V = K.repeat_interleave(groups, dim=1), V.repeat_interleave(groups, dim=1)
+            o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=attn.scaling)
+            h = h + attn.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.module.lm_head(self.inner.norm(h))[:, -1, :]
+
+
+# Set False to force HF's forward + DynamicCache in `sample` (benchmarks/rollout.py measures both).
+STATIC_CACHE = True
+
+
 @torch.no_grad()
 def sample(model, prompts: Sequence[IdList], max_new_tokens: int, eos_token_id: Union[int, Sequence[int]],
            pad_token_id: int, *, greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
@@ -143,7 +243,7 @@ def sample(model, prompts: Sequence[IdList], max_new_tokens: int, eos_token_id: 
     try:
         ids, mask = left_pad(prompts, pad_token_id, device)
         stops = torch.tensor(_as_set(eos_token_id), device=device)
-        B = ids.size(0)
+        B, P = ids.shape
         alive = torch.ones(B, dtype=torch.bool, device=device)
         tokens, alive_steps = [], []
         cache_kw, keep = _cache_kwarg(module), _keep_last(module)
@@ -151,8 +251,12 @@ def sample(model, prompts: Sequence[IdList], max_new_tokens: int, eos_token_id: 
                      **keep)
         past = _out_cache(out)
         logits = out.logits[:, -1, :]
+        fast = (_StaticLlamaDecoder(module, past, mask, max_new_tokens)
+                if STATIC_CACHE and max_new_tokens > 1 and _StaticLlamaDecoder.supports(module)
+                and hasattr(past, "layers") else None)
         next_pos = mask.sum(-1, keepdim=True)  # position of the first response token, per row
-        full_mask = mask
+        # The mask for all P+N positions, built once; step k attends to its first P+k+1 columns.
+        full_mask = torch.cat([mask, torch.ones((B, max_new_tokens), dtype=mask.dtype, device=device)], dim=1)
         for step in range(max_new_tokens):
             nxt = logits_to_next_token(logits, greedy, temperature, top_p, top_k, generator)
             nxt = torch.where(alive, nxt, torch.full_like(nxt, pad_token_id))
@@ -162,11 +266,13 @@ def sample(model, prompts: Sequence[IdList], max_new_tokens: int, eos_token_id: 
             if step == max_new_tokens - 1 or _all_ranks_done(not bool(alive.any()), sync_ranks, device):
                 break
             # Finished rows keep stepping with a pad (their outputs are discarded); attending to it is harmless.
-            full_mask = torch.cat([full_mask, torch.ones((B, 1), dtype=full_mask.dtype, device=device)], dim=1)
-            out = module(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=next_pos,
-                         use_cache=True, **{cache_kw: past}, **keep)
-            past = _out_cache(out)
-            logits = out.logits[:, -1, :]
+            if fast is not None:
+                logits = fast.step(nxt, next_pos, P + step)
+            else:
+                out = module(input_ids=nxt[:, None], attention_mask=full_mask[:, : P + step + 1],
+                             position_ids=next_pos, use_cache=True, **{cache_kw: past}, **keep)
+                past = _out_cache(out)
+                logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
         return _finish(ids, mask, tokens, alive_steps, pad_token_id)
     finally:

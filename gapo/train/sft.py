@@ -25,6 +25,7 @@ from typing import Optional
 
 from gapo.config import Params
 from gapo.paths import Workspace
+from gapo.runtime import bars_off
 
 Example = tuple[list[int], list[int]]
 
@@ -114,6 +115,7 @@ def run_sft(params: Params, ws: Workspace) -> dict:
     from gapo.models.loading import load_policy
     from gapo.models.prompting import decode_response, encode_prompt, pad_token_id, stop_token_ids
     from gapo.train import engine as E
+    from gapo.train.guards import inject_nan
     from gapo.train.sampler import sample
 
     cfg, optim = params.sft, params.sft.optim
@@ -150,13 +152,14 @@ def run_sft(params: Params, ws: Workspace) -> dict:
     curve: list[tuple[int, float, float]] = []
     it = micro_batches()
     seen, t0 = 0, time.perf_counter()
-    bar = tqdm(total=steps, desc="sft", disable=rank != 0, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=steps, desc="sft", disable=bars_off(rank == 0), dynamic_ncols=True, mininterval=1.0)
     engine.train()
     for step in range(1, steps + 1):
         step_loss = 0.0
         for _ in range(micro_per_step):
             batch = {k: v.to(engine.device) for k, v in next(it).items()}
             loss, _ = completion_loss(engine, batch)
+            loss = inject_nan("sft.loss", loss, step=step)  # fault-injection hook (tests only)
             if not torch.isfinite(loss):
                 raise NumericalError(f"sft step {step}: loss is {float(loss)}")
             engine.backward(loss)

@@ -65,10 +65,18 @@ def test_env_example_holds_only_placeholders():
 
 
 def _docker_compose_cmd() -> list[str] | None:
-    if shutil.which("docker") is None:
-        return None
-    ok = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
-    return ["docker", "compose"] if ok.returncode == 0 else None
+    """`docker compose` (the v2 plugin; DOCKER_CONFIG may point at a config dir holding cli-plugins/), else a
+    standalone v2 `docker-compose` binary; None when neither is there (the test then skips)."""
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(cmd[0]) is None:
+            continue
+        try:
+            ok = subprocess.run([*cmd, "version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if ok.returncode == 0 and "v2." in ok.stdout:
+            return cmd
+    return None
 
 
 @pytest.mark.skipif(_docker_compose_cmd() is None, reason="no `docker compose` plugin on this machine")

@@ -3,6 +3,7 @@ RM, and promotion under a lock when two runs finish together."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,9 @@ def test_register_gate_lineage_and_loading(tmp_path, mlflow_store, tiny_models, 
     scores = rm.predict(pd.DataFrame({"prompt": ["Describe a mug.\nRequirements:\nuse 5 words", "a"],
                                       "response": ["A sturdy blue mug.", "b"]}))
     assert list(scores.columns) == ["score", "logit"] and len(scores) == 2
-    assert scores["score"].between(0, 1).all()
+    # default `score` = what PPO received (params.reward.score); either kind can be asked for per request
+    probs = rm.predict(pd.DataFrame({"prompt": ["a"], "response": ["b"]}), params={"score": "prob"})
+    assert probs["score"][0] == pytest.approx(1 / (1 + math.exp(-probs["logit"][0])))
     logits = rm.predict(pd.DataFrame({"prompt": ["a"], "response": ["b"]}), params={"score": "logit"})
     assert logits["score"][0] == pytest.approx(logits["logit"][0])
 

@@ -126,6 +126,23 @@ def test_changed_params_make_completed_rounds_stale(played):
     more = params.model_copy(deep=True)
     more.adversarial.rounds = 7  # adding rounds keeps the completed ones
     assert A.fingerprint(more, ws) == A.fingerprint(params, ws)
+    assert A.completed_rounds(ws, A.fingerprint(more, ws)) == 2
+
+
+def test_changed_code_makes_completed_rounds_stale(played, tmp_path, monkeypatch):
+    """DVC reruns the stage when its code deps change and keeps the persisted rounds: they must not be resumed."""
+    ws, params, _ = played
+    for rel in A.CODE_DEPS:
+        f = tmp_path / rel if rel.endswith(".py") else tmp_path / rel / "m.py"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x = 1\n")
+    before = A.code_digest(tmp_path)
+    (tmp_path / "gapo/train/baselines.py").write_text("y = 1\n")  # not run by this stage
+    assert A.code_digest(tmp_path) == before
+    (tmp_path / "gapo/train/ppo.py").write_text("x = 2\n")
+    assert A.code_digest(tmp_path) != before
+    monkeypatch.setattr(A, "code_digest", lambda root=None: "another version of the code")
+    assert A.completed_rounds(ws, A.fingerprint(params, ws)) == 0
 
 
 def test_zero_rounds_final_is_sft_and_warmup_rm(played, tmp_path):

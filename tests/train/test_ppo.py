@@ -69,7 +69,10 @@ def test_experience_layout_and_rm_reads_decoded_text(tiny):
     texts = [decode_response(r.response_ids.tolist(), m.tokenizer) for r in rollouts]
     expected = rm_score(m.reward, m.reward_tokenizer, [r["prompt"] for r in rows], texts, params)
     assert [r.score for r in rollouts] == pytest.approx(expected.tolist(), abs=1e-5)
-    assert all(0.0 < r.score < 1.0 for r in rollouts)  # reward.score = prob: sigmoid of the logit
+    # reward.score: the sigmoid probability or the raw logit of the same RM output
+    logits = rm_score(m.reward, m.reward_tokenizer, [r["prompt"] for r in rows], texts,
+                      params.model_copy(update={"reward": params.reward.model_copy(update={"score": "logit"})}))
+    torch.testing.assert_close(expected, logits if params.reward.score == "logit" else logits.sigmoid())
     # GAE returns = advantages + values on every real token
     for r in rollouts:
         torch.testing.assert_close(r.returns, r.advantages + r.values)

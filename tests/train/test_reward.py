@@ -98,7 +98,7 @@ def test_continued_training_and_scores(fixture_ws):
     assert any(not torch.equal(state[k], v) for k, v in engine.module.state_dict().items())
     engine.train()
     prompts, responses = [r["prompt"] for r in rows[:6]], [r["response"] for r in rows[:6]]
-    probs = R.rm_score(engine, tok, prompts, responses, params)
+    probs = R.rm_score(engine, tok, prompts, responses, ta.tiny_params("reward.score=prob"))
     logits = R.rm_score(engine, tok, prompts, responses, ta.tiny_params("reward.score=logit"))
     torch.testing.assert_close(probs, logits.sigmoid())
     assert engine.module.training  # scoring restores the training mode it found

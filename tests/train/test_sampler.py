@@ -124,3 +124,59 @@ def test_filters_respect_their_support():
     freq = (s == 0).float().mean().item()
     sigma = (probs[0] * (1 - probs[0]) / 2000) ** 0.5
     assert abs(freq - probs[0].item()) < 4 * sigma
+
+
+def test_static_cache_path_equals_generic_path_and_hf(lm):
+    """The static-KV-cache decoder (default for Llama) gives the same tokens as HF's forward + DynamicCache, greedy
+    and sampled with one seed, and is actually taken for this model."""
+    import gapo.train.sampler as S
+
+    model, tok, prompts = lm
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    assert S._StaticLlamaDecoder.supports(model)
+    outs = {}
+    for flag in (True, False):
+        S.STATIC_CACHE = flag
+        try:
+            outs[flag] = (sample(model, prompts, 20, eos, pad, greedy=True),
+                          sample(model, prompts, 20, eos, pad, temperature=0.8, top_k=40,
+                                 generator=torch.Generator().manual_seed(3)))
+        finally:
+            S.STATIC_CACHE = True
+    for a, b in zip(outs[True], outs[False]):
+        assert torch.equal(a.sequences, b.sequences) and torch.equal(a.action_mask, b.action_mask)
+
+
+def test_static_cache_handles_grouped_query_attention():
+    """GQA (fewer K/V heads than query heads, as in SmolLM2) through the static path equals HF generate."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import gapo.train.sampler as S
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      rope_theta=10000.0, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    model = LlamaForCausalLM(cfg).eval()
+    assert S._StaticLlamaDecoder.supports(model)
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    ours = sample(model, prompts, 12, [10**6], 0, greedy=True)
+    ids, mask = left_pad(prompts, 0)
+    with torch.no_grad():
+        hf = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12, min_new_tokens=12,
+                            eos_token_id=None, pad_token_id=0)
+    assert torch.equal(ours.response_ids, hf[:, ids.size(1):])
+
+
+def test_inverse_cdf_draw_never_picks_zero_mass_and_matches_frequencies():
+    from gapo.train.sampler import _sample_categorical
+
+    g = torch.Generator().manual_seed(1)
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(20000, 1)
+    x = _sample_categorical(probs, g)
+    assert set(x.tolist()) <= {1, 3, 4}
+    freq = torch.bincount(x, minlength=6).float() / len(x)
+    sigma = (probs[0] * (1 - probs[0]) / len(x)).sqrt()
+    assert ((freq - probs[0]).abs() <= 4 * sigma + 1e-9).all()
+    # Unnormalised rows (any non-negative weights) work as torch.multinomial's do.
+    assert set(_sample_categorical(torch.tensor([[0.0, 0.0, 7.0]]), g).tolist()) == {2}

@@ -1,0 +1,373 @@
+"""`gapo compare`: the paper's comparison (methods x paradigms x seeds) on the user's data, as queued DVC experiments.
+
+1. The merged params (params.yaml + profile + -S) become the experiments' baseline params.yaml for the time it takes
+   to queue them (DVC stashes the workspace per queued experiment; the file is restored afterwards).
+2. Each grid point is `dvc exp run --queue -S method=M -S paradigm=P -S seed=S -n <name> <compare.target>`; a point
+   whose named experiment already exists is not queued again (its results are reused).
+3. `dvc exp run --run-all --jobs <compare.jobs>` runs the queue (local workers; no network).
+4. `dvc exp show --json` gives every experiment's params and metrics/evaluate.json; `build_tables` (pure) turns the
+   grid's records into mean and t-interval over seeds per method (rows) x overall + per constraint category
+   (columns), per paradigm, plus the PP-vs-PR table; `render_markdown` writes reports/compare.md and
+   `plot_compare` reports/compare.png. Both are logged to the stage's MLflow run (gapo.tracking).
+
+API (pure): `t_quantile(p, df)`, `t_interval(values, confidence)`, `records_from_exp_show(doc)`,
+`build_tables(records, metric, confidence)`, `render_markdown(tables, meta)`;
+(I/O) `plot_compare(tables, out)`, `run_compare(params, ws, collect_only=False)`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from gapo.config import Params, dump_params
+from gapo.errors import GapoError
+from gapo.paths import Workspace
+
+METHOD_ORDER = ("gapo", "ppo", "sft", "dpo", "kto", "orpo", "simpo")
+PARADIGM_NAMES = {"pp": "Preferential Prompt", "pr": "Preferential Response"}
+
+
+class CompareError(GapoError):
+    """A failed DVC command or an unusable experiment table (one line)."""
+
+
+# ============================================================================================ statistics (pure)
+def _t_pdf(x: float, df: int) -> float:
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    return c * (1 + x * x / df) ** (-(df + 1) / 2)
+
+
+def _t_cdf_upper_half(t: float, df: int, n: int = 4000) -> float:
+    """P(0 <= T <= t) by Simpson's rule on the density (smooth and bounded: exact to ~1e-10 for t < 1e3)."""
+    h = t / n
+    s = _t_pdf(0, df) + _t_pdf(t, df)
+    s += sum((4 if i % 2 else 2) * _t_pdf(i * h, df) for i in range(1, n))
+    return s * h / 3
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student t quantile for p in (0.5, 1): the t with P(T <= t) = p (bisection on the CDF; no scipy)."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"t_quantile: need 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
+    target = p - 0.5
+    lo, hi = 0.0, 1.0
+    while _t_cdf_upper_half(hi, df) < target:
+        hi *= 2
+        if hi > 1e6:
+            break
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if _t_cdf_upper_half(mid, df) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean and half-width of the two-sided t confidence interval over `values` (NaN/None dropped):
+    {mean, half, n, std}; half is NaN with fewer than two values (no spread to estimate)."""
+    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    n = len(xs)
+    if n == 0:
+        return {"mean": math.nan, "half": math.nan, "n": 0, "std": math.nan}
+    mean = sum(xs) / n
+    if n == 1:
+        return {"mean": mean, "half": math.nan, "n": 1, "std": math.nan}
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = t_quantile(1 - (1 - confidence) / 2, n - 1) * std / math.sqrt(n)
+    return {"mean": mean, "half": half, "n": n, "std": std}
+
+
+# ============================================================================================ tables (pure)
+def records_from_exp_show(doc: Any) -> list[dict]:
+    """`dvc exp show --json` -> [{name, rev, params (params.yaml), metrics (metrics/evaluate.json)}] for every
+    experiment (and the workspace / baseline commits) that has both. Tolerant of DVC 3's nesting."""
+    out: list[dict] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            data = node.get("data")
+            if isinstance(data, dict) and "params" in data:
+                params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+                metrics = ((data.get("metrics") or {}).get("metrics/evaluate.json") or {}).get("data") or {}
+                if params and metrics:
+                    out.append({"name": node.get("name") or data.get("name"), "rev": node.get("rev") or data.get("rev"),
+                                "params": params, "metrics": metrics})
+            for v in node.values():
+                if isinstance(v, (dict, list)):
+                    visit(v)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+
+    visit(doc)
+    return out
+
+
+def _method_key(m: str) -> tuple:
+    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
+
+
+def build_tables(records: Iterable[dict], metric: str = "prompt_level_strict_acc", confidence: float = 0.95,
+                 category_metric: str = "inst_level_strict_acc") -> dict:
+    """Grid records {method, paradigm, seed, metrics (evaluate.json)} -> the comparison tables.
+
+    Returns {"metric", "confidence", "categories": [...], "main": {paradigm: {method: {"overall": ci,
+    "<category>": ci, "seeds": [...]}}}, "pp_vs_pr": {method: {"pp": ci, "pr": ci, "delta": ci}}}, where ci is
+    `t_interval` over seeds. A category column is the instruction-level accuracy on that constraint category
+    (evaluate's by_category). `delta` is PP − PR paired by seed (seeds present in both)."""
+    cells: dict[tuple[str, str], dict[int, dict]] = {}
+    for r in records:
+        cells.setdefault((r["method"], r["paradigm"]), {})[int(r["seed"])] = r["metrics"]
+    categories = sorted({c for runs in cells.values() for m in runs.values() for c in (m.get("by_category") or {})})
+    main: dict[str, dict[str, dict]] = {}
+    for (method, paradigm), runs in sorted(cells.items(), key=lambda kv: (kv[0][1], _method_key(kv[0][0]))):
+        seeds = sorted(runs)
+        row = {"overall": t_interval([runs[s].get(metric) for s in seeds], confidence), "seeds": seeds}
+        for c in categories:
+            row[c] = t_interval([((runs[s].get("by_category") or {}).get(c) or {}).get(category_metric)
+                                 for s in seeds], confidence)
+        main.setdefault(paradigm, {})[method] = row
+    pp_vs_pr: dict[str, dict] = {}
+    for method in sorted({m for m, _ in cells}, key=_method_key):
+        pp, pr = cells.get((method, "pp"), {}), cells.get((method, "pr"), {})
+        if not pp or not pr:
+            continue
+        both = sorted(set(pp) & set(pr))
+        pp_vs_pr[method] = {
+            "pp": t_interval([pp[s].get(metric) for s in sorted(pp)], confidence),
+            "pr": t_interval([pr[s].get(metric) for s in sorted(pr)], confidence),
+            "delta": t_interval([_sub(pp[s].get(metric), pr[s].get(metric)) for s in both], confidence),
+        }
+    return {"metric": metric, "category_metric": category_metric, "confidence": confidence,
+            "categories": categories, "main": main, "pp_vs_pr": pp_vs_pr}
+
+
+def _sub(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b is None else a - b
+
+
+def fmt_ci(ci: dict, scale: float = 100.0) -> str:
+    """`83.9 ± 2.1` (percent points); `83.9` alone for one seed; `–` for no value."""
+    if not ci or ci.get("n", 0) == 0 or math.isnan(ci["mean"]):
+        return "–"
+    if math.isnan(ci["half"]):
+        return f"{ci['mean'] * scale:.1f}"
+    return f"{ci['mean'] * scale:.1f} ± {ci['half'] * scale:.1f}"
+
+
+def render_markdown(tables: dict, meta: Optional[dict] = None) -> str:
+    """reports/compare.md: one main table per paradigm (rows methods; columns overall + categories), then PP vs PR."""
+    meta = meta or {}
+    conf = int(round(tables["confidence"] * 100))
+    lines = ["# Method comparison", ""]
+    lines.append(f"Values are percentages: mean ± half-width of the {conf}% t-interval over seeds (n = number of "
+                 f"seeds; a single seed shows the value alone). Overall = `{tables['metric']}` on the test prompts; "
+                 f"a category column = `{tables['category_metric']}` on that constraint category.")
+    for k, v in meta.items():
+        lines.append(f"- {k}: {v}")
+    lines.append("")
+    cats = tables["categories"]
+    for paradigm, rows in tables["main"].items():
+        lines += [f"## {PARADIGM_NAMES.get(paradigm, paradigm)} data (`paradigm: {paradigm}`)", ""]
+        lines.append("| method | n | overall | " + " | ".join(cats) + " |")
+        lines.append("|---|---|---|" + "---|" * len(cats))
+        for method, row in rows.items():
+            lines.append(f"| {method} | {row['overall']['n']} | {fmt_ci(row['overall'])} | "
+                         + " | ".join(fmt_ci(row[c]) for c in cats) + " |")
+        lines.append("")
+    if tables["pp_vs_pr"]:
+        lines += ["## Preferential Prompt vs Preferential Response", "",
+                  f"Overall `{tables['metric']}`; Δ = PP − PR paired by seed.", "",
+                  "| method | PP | PR | Δ (PP − PR) |", "|---|---|---|---|"]
+        for method, row in tables["pp_vs_pr"].items():
+            lines.append(f"| {method} | {fmt_ci(row['pp'])} | {fmt_ci(row['pr'])} | {fmt_ci(row['delta'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ============================================================================================ figure
+def plot_compare(tables: dict, out_path: str | os.PathLike) -> Path:
+    """Grouped bars: overall metric per method, one bar per paradigm, t-interval error bars."""
+    from gapo.eval.plots import _pyplot, _save
+
+    plt = _pyplot()
+    paradigms = list(tables["main"])
+    methods = sorted({m for rows in tables["main"].values() for m in rows}, key=_method_key)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(methods) + 2), 4.5))
+    width = 0.8 / max(1, len(paradigms))
+    for j, paradigm in enumerate(paradigms):
+        rows = tables["main"][paradigm]
+        xs = [i + (j - (len(paradigms) - 1) / 2) * width for i in range(len(methods))]
+        means = [rows[m]["overall"]["mean"] * 100 if m in rows else math.nan for m in methods]
+        errs = [rows[m]["overall"]["half"] * 100 if m in rows else math.nan for m in methods]  # NaN: no bar
+        ax.bar(xs, means, width, yerr=errs, capsize=3, label=PARADIGM_NAMES.get(paradigm, paradigm))
+    ax.set_xticks(range(len(methods)))
+    ax.set_xticklabels(methods)
+    ax.set_ylabel(f"{tables['metric']} (%)")
+    ax.set_ylim(0, 100)  # a percentage; an interval wider than that (2 seeds) is cut at the axis
+    ax.set_title(f"Method comparison (mean, {int(round(tables['confidence'] * 100))}% CI over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out_path)
+
+
+# ============================================================================================ DVC orchestration
+def _dvc_env() -> dict:
+    """This interpreter's bin directory first on PATH: `dvc` and the stages' `gapo` commands are the ones installed
+    beside it, even when the caller's PATH does not name the venv."""
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _dvc(args: list[str], cwd: Path, capture: bool = True) -> str:
+    import shutil
+
+    env = _dvc_env()
+    cmd = [shutil.which("dvc", path=env["PATH"]) or "dvc", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=capture)
+    if proc.returncode != 0:
+        tail = ((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-3:] if capture else []
+        raise CompareError(f"compare: `{' '.join(cmd)}` exited with status {proc.returncode}"
+                           + (f": {' | '.join(tail)}" if tail else ""))
+    return proc.stdout or ""
+
+
+def grid(params: Params) -> list[tuple[str, str, int]]:
+    c = params.compare
+    # paradigm-major, seeds innermost: a stopped queue leaves whole paradigms and whole methods, and the first
+    # two experiments (different seeds) build their seeds' shared stages in parallel when jobs > 1
+    return [(m, p, s) for p in c.paradigms for m in c.methods for s in c.seeds]
+
+
+def grid_id(params: Params) -> str:
+    """Names the grid's configuration: the merged params minus the three grid axes and the compare section, so a
+    rerun with the same configuration reuses finished experiments and a changed one never does."""
+    tree = params.model_dump(mode="json")
+    for k in ("method", "paradigm", "seed", "compare"):
+        tree.pop(k, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def exp_name(gid: str, method: str, paradigm: str, seed: int) -> str:
+    return f"cmp-{gid}-{method}-{paradigm}-s{seed}"
+
+
+def collect(ws: Workspace, params: Params) -> list[dict]:
+    """The grid's finished experiments (by name) as {method, paradigm, seed, name, metrics}."""
+    doc = json.loads(_dvc(["exp", "show", "--json"], ws.root) or "[]")
+    gid = grid_id(params)
+    wanted = {exp_name(gid, m, p, s): (m, p, s) for m, p, s in grid(params)}
+    out = {}
+    for r in records_from_exp_show(doc):
+        if r["name"] in wanted:
+            m, p, s = wanted[r["name"]]
+            out[r["name"]] = {"method": m, "paradigm": p, "seed": s, "name": r["name"], "metrics": r["metrics"]}
+    return list(out.values())
+
+
+def queue_and_run(params: Params, ws: Workspace) -> dict:
+    from gapo.io import atomic_file
+
+    gid = grid_id(params)
+    done = {r["name"] for r in collect(ws, params)}
+    todo = [(m, p, s) for m, p, s in grid(params) if exp_name(gid, m, p, s) not in done]
+    params_file = ws.root / "params.yaml"
+    original = params_file.read_bytes() if params_file.exists() else None
+    base = params.model_copy(deep=True)
+    try:
+        with atomic_file(params_file) as fh:  # the experiments' baseline: profile and -S included
+            from gapo.config import render_params_yaml
+
+            fh.write(render_params_yaml(base))
+        for m, p, s in todo:
+            _dvc(["exp", "run", "--queue", "-S", f"method={m}", "-S", f"paradigm={p}", "-S", f"seed={s}",
+                  "-n", exp_name(gid, m, p, s), params.compare.target], ws.root)
+    finally:
+        if original is not None:
+            with atomic_file(params_file, "wb") as fh:
+                fh.write(original)
+    t0 = time.perf_counter()
+    if todo:
+        # Output streams to the terminal: a grid takes long and the per-stage progress is the only sign of life.
+        _dvc(["exp", "run", "--run-all", "--jobs", str(params.compare.jobs)], ws.root, capture=False)
+    return {"queued": len(todo), "reused": len(done), "run_s": round(time.perf_counter() - t0, 1)}
+
+
+def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> dict:
+    from gapo.io import atomic_file
+
+    info = {"queued": 0, "reused": 0, "run_s": 0.0} if collect_only else queue_and_run(params, ws)
+    records = collect(ws, params)
+    if not records:
+        raise CompareError(f"compare: no finished experiment of grid {grid_id(params)} in `dvc exp show` "
+                           f"({len(grid(params))} expected); see `dvc queue status` / `dvc queue logs`")
+    c = params.compare
+    tables = build_tables(records, c.metric, c.confidence)
+    missing = sorted(set(exp_name(grid_id(params), *g) for g in grid(params)) - {r["name"] for r in records})
+    meta = {"grid": f"methods {', '.join(c.methods)} × paradigms {', '.join(c.paradigms)} × seeds "
+                    f"{', '.join(map(str, c.seeds))} ({len(records)}/{len(grid(params))} experiments finished)",
+            "grid id": f"`{grid_id(params)}` (experiment names `{exp_name(grid_id(params), 'METHOD', 'P', 0)[:-2]}"
+                       "sSEED`)",
+            "test prompts": _num_prompts(records)}
+    if missing:
+        meta["missing"] = ", ".join(missing)
+    ws.reports.mkdir(parents=True, exist_ok=True)
+    md, png, js = ws.reports / "compare.md", ws.reports / "compare.png", ws.reports / "compare.json"
+    with atomic_file(md) as fh:
+        fh.write(render_markdown(tables, meta))
+    plot_compare(tables, png)
+    with atomic_file(js) as fh:
+        fh.write(json.dumps({"tables": _jsonable(tables), "records": records}, indent=2, sort_keys=True))
+    _log_to_mlflow(tables, [md, png, js])
+    return {"report": str(md), "figure": str(png), "experiments": len(records), "expected": len(grid(params)),
+            **info, "overall": {p: {m: round(r["overall"]["mean"], 4) for m, r in rows.items()}
+                                for p, rows in tables["main"].items()}}
+
+
+def _num_prompts(records: list[dict]) -> str:
+    ns = sorted({r["metrics"].get("num_prompts") for r in records if r["metrics"].get("num_prompts") is not None})
+    return ", ".join(map(str, ns)) or "?"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _log_to_mlflow(tables: dict, files: list[Path]) -> None:
+    """Into the `compare` stage's MLflow run (opened by gapo.tracking's stage wrapper); nothing when untracked."""
+    from gapo.tracking import backend
+
+    if not backend.tracking_enabled():
+        return
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    metrics = {}
+    for paradigm, rows in tables["main"].items():
+        for method, row in rows.items():
+            for k in ("mean", "half"):
+                v = row["overall"][k]
+                if not math.isnan(v):
+                    metrics[f"compare/{paradigm}/{method}/{k}"] = v
+    if metrics:
+        mlflow.log_metrics(metrics)
+    for f in files:
+        mlflow.log_artifact(str(f), artifact_path="compare")

@@ -1,0 +1,69 @@
+"""`gapo compare` end to end (slow): a 2-method x 1-paradigm x 2-seed grid through real queued `dvc exp run`s in a
+scratch git repository, then reports/compare.{md,png} and the MLflow `compare` run."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# the compare profile, made smaller still: the test checks the machinery (queue, run, collect, report, MLflow)
+GRID = ["-S", "compare.methods=[sft,dpo]", "-S", "compare.paradigms=[pp]", "-S", "compare.seeds=[1,2]",
+        "-S", "sft.max_steps=8", "-S", "reward.warmup_epochs=1", "-S", "reward.eval_examples=16",
+        "-S", "data.num_products=60", "-S", "data.test_prompts=16", "-S", "evaluate.max_new_tokens=16",
+        "-S", "baselines.max_steps=2", "-S", "adversarial.eval_prompts=2", "-S", "compare.jobs=1"]
+
+
+@pytest.fixture
+def scratch():
+    # Not tmp_path: pytest keeps only the last 3 basetemp dirs, so a concurrent pytest session on the machine can
+    # delete a 10-minute grid's repository under it.
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gapo-compare-e2e-") as d:
+        yield Path(d)
+
+
+@pytest.mark.slow
+def test_compare_grid_end_to_end(scratch):
+    root = scratch / "repo"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
+        shutil.copy2(REPO / name, root / name)
+    for name in ("gapo", "profiles"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    original_params = (root / "params.yaml").read_bytes()
+    (root / ".dvc").mkdir()
+    (root / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n")
+    env = {**os.environ, "GAPO_TRACKING": "on", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "grid"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    gapo = [str(Path(sys.executable).parent / "gapo")]
+    proc = subprocess.run([*gapo, "--profile", "compare", *GRID, "compare"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    md = (root / "reports" / "compare.md").read_text()
+    assert "| sft | 2 |" in md and "| dpo | 2 |" in md and "(4/4 experiments finished)" in md
+    assert (root / "reports" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert (root / "params.yaml").read_bytes() == original_params  # restored after queueing
+    # both files were logged to the `compare` stage's MLflow run in the workspace's store
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+            if r.data.tags.get("mlflow.runName") == "compare"]
+    assert runs, "no compare run in MLflow"
+    arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "compare")}
+    assert {"compare/compare.md", "compare/compare.png"} <= arts
+    assert any(k.startswith("compare/pp/dpo/") for k in runs[0].data.metrics)
+    # a second call reuses the finished experiments instead of queueing them again
+    again = subprocess.run([*gapo, "--profile", "compare", *GRID, "compare"],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and '"queued": 0' in again.stdout and '"reused": 4' in again.stdout

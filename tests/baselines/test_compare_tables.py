@@ -1,0 +1,102 @@
+"""The comparison table math (t-intervals over seeds), the `dvc exp show --json` parser, markdown and figure."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gapo.eval import compare as C
+
+
+@pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (9, 2.2622), (30, 2.0423)])
+def test_t_quantile_matches_the_table(df, expected):
+    assert C.t_quantile(0.975, df) == pytest.approx(expected, abs=2e-4)
+
+
+def test_t_quantile_other_confidence_and_bounds():
+    assert C.t_quantile(0.95, 4) == pytest.approx(2.1318, abs=2e-4)  # 90% two-sided
+    with pytest.raises(ValueError):
+        C.t_quantile(0.4, 3)
+
+
+def test_t_interval():
+    ci = C.t_interval([0.5, 0.6, 0.7])
+    assert ci["mean"] == pytest.approx(0.6) and ci["std"] == pytest.approx(0.1) and ci["n"] == 3
+    assert ci["half"] == pytest.approx(4.3027 * 0.1 / math.sqrt(3), rel=1e-4)
+    one = C.t_interval([0.4, None, float("nan")])
+    assert one["n"] == 1 and one["mean"] == 0.4 and math.isnan(one["half"])
+    assert C.t_interval([])["n"] == 0
+
+
+def rec(method, paradigm, seed, acc, cats):
+    return {"method": method, "paradigm": paradigm, "seed": seed,
+            "metrics": {"prompt_level_strict_acc": acc,
+                        "by_category": {c: {"inst_level_strict_acc": v, "count": 10} for c, v in cats.items()}}}
+
+
+RECORDS = [
+    rec("gapo", "pp", 1, 0.80, {"keywords": 0.9, "length_constraints": 0.5}),
+    rec("gapo", "pp", 2, 0.90, {"keywords": 1.0, "length_constraints": 0.7}),
+    rec("gapo", "pr", 1, 0.70, {"keywords": 0.8}),
+    rec("gapo", "pr", 2, 0.60, {"keywords": 0.6}),
+    rec("dpo", "pp", 1, 0.30, {"keywords": 0.2, "length_constraints": 0.1}),
+    rec("dpo", "pp", 2, 0.40, {"keywords": 0.4, "length_constraints": 0.1}),
+    rec("sft", "pp", 1, 0.50, {}),
+]
+
+
+def test_build_tables_shapes_and_numbers():
+    t = C.build_tables(RECORDS)
+    assert t["categories"] == ["keywords", "length_constraints"]
+    assert list(t["main"]) == ["pp", "pr"]
+    assert list(t["main"]["pp"]) == ["gapo", "sft", "dpo"]  # the paper's row order, not alphabetical
+    g = t["main"]["pp"]["gapo"]
+    assert g["seeds"] == [1, 2] and g["overall"]["mean"] == pytest.approx(0.85)
+    assert g["overall"]["half"] == pytest.approx(12.7062 * math.sqrt(0.005) / math.sqrt(2), rel=1e-4)
+    assert g["length_constraints"]["mean"] == pytest.approx(0.6)
+    assert t["main"]["pr"]["gapo"]["length_constraints"]["n"] == 0  # category absent in that run
+    assert math.isnan(t["main"]["pp"]["sft"]["overall"]["half"])
+    # PP vs PR only for methods run in both; delta paired by seed: (0.8-0.7, 0.9-0.6)
+    assert list(t["pp_vs_pr"]) == ["gapo"]
+    d = t["pp_vs_pr"]["gapo"]["delta"]
+    assert d["mean"] == pytest.approx(0.2) and d["n"] == 2
+    assert t["pp_vs_pr"]["gapo"]["pr"]["mean"] == pytest.approx(0.65)
+
+
+def test_render_markdown():
+    md = C.render_markdown(C.build_tables(RECORDS), {"grid": "test"})
+    assert "| method | n | overall | keywords | length_constraints |" in md
+    half = 12.7062 * math.sqrt(0.005) / math.sqrt(2) * 100
+    assert f"| gapo | 2 | 85.0 ± {half:.1f} | 95.0 ± " in md
+    assert "| sft | 1 | 50.0 | – | – |" in md
+    assert "## Preferential Prompt vs Preferential Response" in md and "| gapo | 85.0 ± " in md
+    assert "- grid: test" in md
+
+
+def test_records_from_exp_show_nested_json():
+    def node(name, method, acc):
+        return {"rev": name[:7], "name": name, "data": {
+            "rev": name[:7], "params": {"params.yaml": {"data": {"method": method, "paradigm": "pp", "seed": 1}}},
+            "metrics": {"metrics/evaluate.json": {"data": {"prompt_level_strict_acc": acc}}}}}
+    doc = [{"rev": "workspace", "data": {"params": {"params.yaml": {"data": {"method": "gapo"}}}, "metrics": {}}},
+           {"rev": "abc", "data": {"params": {}}, "experiments": [
+               {"revs": [node("cmp-x-gapo-pp-s1", "gapo", 0.5)]}, {"revs": [node("cmp-x-dpo-pp-s1", "dpo", 0.25)]}]}]
+    recs = C.records_from_exp_show(doc)
+    assert [(r["name"], r["metrics"]["prompt_level_strict_acc"]) for r in recs] == [
+        ("cmp-x-gapo-pp-s1", 0.5), ("cmp-x-dpo-pp-s1", 0.25)]
+
+
+def test_grid_names_ignore_only_the_axes():
+    from gapo.config import load_params
+
+    a = load_params(None, ["method=dpo", "seed=3", "compare.seeds=[1]"])
+    b = load_params(None, ["method=gapo", "paradigm=pr"])
+    assert C.grid_id(a) == C.grid_id(b)
+    assert C.grid_id(load_params(None, ["sft.max_steps=7"])) != C.grid_id(b)
+    assert len(C.grid(a)) == 7 * 2 * 1
+    assert C.exp_name("ab", "dpo", "pp", 3) == "cmp-ab-dpo-pp-s3"
+
+
+def test_plot_compare_writes_a_png(tmp_path):
+    out = C.plot_compare(C.build_tables(RECORDS), tmp_path / "c.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
