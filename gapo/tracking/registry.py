@@ -274,6 +274,9 @@ def run_register(params: Params, ws: Workspace) -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 lineage.backfill_self_hashes(client, parent_id, ws.root)
         policy_info = log_policy(params, policy_dir)
+        from gapo.train.guards import pause_point
+
+        pause_point("register.policy_logged")  # kill tests (tests/reliability)
         reward_info = log_reward_model(params, reward_dir)
     except BaseException:
         if started_here:

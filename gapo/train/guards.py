@@ -62,3 +62,23 @@ def inject_nan(point: str, x: Any, **ctx: Any) -> Any:
         if name == point and all(str(ctx.get(k)) == v for k, v in cond.items()):
             return x * float("nan")
     return x
+
+
+ENV_PAUSE_AT = "GAPO_PAUSE_AT"
+ENV_PAUSE_MARKER = "GAPO_PAUSE_MARKER"
+
+
+def pause_point(point: str) -> None:
+    """Test hook for the kill tests: with GAPO_PAUSE_AT=<point>, announce the point (GAPO_PAUSE_MARKER file) and
+    block there, mid-work, until the process is killed. A kill after a fixed delay misses the stage entirely on a
+    fast machine (the tiny stages take under a second), so the kill point must not depend on speed."""
+    if os.environ.get(ENV_PAUSE_AT) != point:
+        return
+    import time
+    from pathlib import Path
+
+    marker = os.environ.get(ENV_PAUSE_MARKER)
+    if marker:
+        Path(marker).write_text(point, encoding="utf-8")
+    while True:
+        time.sleep(1.0)

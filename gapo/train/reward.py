@@ -229,7 +229,7 @@ def train_reward_model(model_or_engine, tokenizer, rows: Sequence[dict], params:
 
     from gapo.errors import NumericalError
     from gapo.train import engine as E
-    from gapo.train.guards import inject_nan
+    from gapo.train.guards import inject_nan, pause_point
 
     optim = params.reward.optim
     rank, world = E.init_distributed()
@@ -272,6 +272,7 @@ def train_reward_model(model_or_engine, tokenizer, rows: Sequence[dict], params:
         step_loss = E.all_reduce_mean([step_loss])[0]
         curve.append((step_offset + step, step_loss, engine.get_lr()[0]))
         bar.update(1)
+        pause_point(f"{desc}.step{step}")  # kill tests (tests/reliability)
         if step % params.reward.log_every == 0 or step == steps:
             window = [c[1] for c in curve[-params.reward.log_every:]]
             bar.set_postfix(step=step, loss=f"{sum(window) / len(window):.3f}",

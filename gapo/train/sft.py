@@ -115,7 +115,7 @@ def run_sft(params: Params, ws: Workspace) -> dict:
     from gapo.models.loading import load_policy
     from gapo.models.prompting import decode_response, encode_prompt, pad_token_id, stop_token_ids
     from gapo.train import engine as E
-    from gapo.train.guards import inject_nan
+    from gapo.train.guards import inject_nan, pause_point
     from gapo.train.sampler import sample
 
     cfg, optim = params.sft, params.sft.optim
@@ -171,6 +171,7 @@ def run_sft(params: Params, ws: Workspace) -> dict:
         curve.append((step, step_loss, lr))
         elapsed = time.perf_counter() - t0
         bar.update(1)
+        pause_point(f"sft.step{step}")  # kill tests (tests/reliability)
         if step % cfg.log_every == 0 or step == steps:
             window = [c[1] for c in curve[-cfg.log_every:]]
             bar.set_postfix(step=step, loss=f"{sum(window) / len(window):.3f}", lr=f"{lr:.2e}",

@@ -32,7 +32,6 @@ FAST = ("data.num_products=40", "data.prompts_per_product=1", "data.test_prompts
         "ppo.train_batch_size=4", "ppo.micro_train_batch_size=4", "ppo.episodes_per_round=1",
         "ppo.generate_max_len=12", "ppo.prompt_max_len=128", "evaluate.max_prompts=6", "evaluate.max_new_tokens=12",
         "evaluate.batch_size=6", "tracking.system_metrics_interval_s=2")
-IN_STAGE_S = 10.0  # how long a stage has been running when it is killed (it is killed mid-work, not at start-up)
 
 
 def _lock(root: Path) -> dict:
@@ -42,27 +41,20 @@ def _lock(root: Path) -> dict:
     return (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.exists() else {}
 
 
-def _new_logged_model(root: Path, since: float):
-    base = root / "mlartifacts" / "models"
-    if not base.is_dir():
-        return None
-    return next((p for p in base.iterdir() if p.stat().st_mtime > since), None)
-
-
-def _kill_in_stage(proc, root: Path, stage: str, log: Path, extra=None, args: tuple[str, ...] = ()) -> None:
-    """Wait for `gapo <stage> [args]` to run, then for `extra(t_started)` (default: IN_STAGE_S seconds), then
-    SIGKILL the whole process group and check that nothing survived."""
+def _kill_in_stage(proc, root: Path, stage: str, log: Path, marker: Path, point: str,
+                   args: tuple[str, ...] = ()) -> None:
+    """Wait for `gapo <stage> [args]` to block at pause point `point` (gapo.train.guards.pause_point: mid-work,
+    e.g. after SFT's first optimizer step), then SIGKILL the whole process group and check nothing survived.
+    The point, not a delay, decides where the kill lands, so it lands mid-stage on a fast or a loaded machine."""
     def running():
         return find_stage_process(root, stage, args)
 
-    wait_for(running, f"gapo {stage} {' '.join(args)} to start", proc, log=log)
-    t0 = time.time()
-    if extra is None:
-        extra = lambda t: time.time() - t > IN_STAGE_S  # noqa: E731
-    wait_for(lambda: extra(t0), f"gapo {stage} to reach the kill point", proc, log=log)
-    assert running(), f"{stage} ended before the kill; nothing was tested\n" + log.read_text(errors="replace")[-3000:]
+    wait_for(lambda: marker.is_file() and marker.read_text() == point, f"gapo {stage} to reach {point}", proc,
+             log=log)
+    assert running(), f"{stage} is not the process at {point}\n" + log.read_text(errors="replace")[-3000:]
     kill9(proc)
     assert_no_survivors(root)
+    marker.unlink()
 
 
 @pytest.fixture(scope="session")
@@ -83,41 +75,41 @@ def crashed(tmp_path_factory):
     facts: dict = {}
     dvc, flow = [venv_bin("dvc"), "repro"], [sys.executable, "flows/gapo_pipeline.py"]
 
-    def step(name, cmd, kill=None):
+    marker = root.parent / "pause-marker"
+
+    def step(name, cmd, point=None, stage=None, args=()):
+        """Run `cmd`; with `point`, every process it starts blocks at that pause point and `stage` is killed there."""
         t0 = time.time()
-        proc = start(cmd, root, env, log)
-        if kill is None:
+        step_env = dict(env, GAPO_PAUSE_AT=point, GAPO_PAUSE_MARKER=str(marker)) if point else env
+        proc = start(cmd, root, step_env, log)
+        if point is None:
             rc = proc.wait(timeout=3600)
             assert rc == 0, f"{name}: exit {rc}\n" + log.read_text(errors="replace")[-6000:]
         else:
-            kill(proc)
+            _kill_in_stage(proc, root, stage, log, marker, point, args)
         timings[name] = round(time.time() - t0, 1)
 
-    # A1: dvc repro, killed in SFT. Nothing of SFT reaches dvc.lock or the cache.
-    step("A1 dvc repro killed in sft", dvc, lambda p: _kill_in_stage(p, root, "sft", log))
+    # A1: dvc repro, killed in SFT (after its first step). Nothing of SFT reaches dvc.lock or the cache.
+    step("A1 dvc repro killed in sft", dvc, "sft.step1", "sft")
     facts["A1_lock"] = set(_lock(root))
     # A2: killed in RM warm-up
-    step("A2 dvc repro killed in rm_warmup", dvc, lambda p: _kill_in_stage(p, root, "rm_warmup", log))
+    step("A2 dvc repro killed in rm_warmup", dvc, "rm_warmup.step1", "rm_warmup")
     facts["A2_lock"] = set(_lock(root))
-    # A3: killed in round 2, once round 1 is complete on disk
+    # A3: killed in round 2 (round 1 complete on disk; round 2 has its fakes and one RM step)
     r1 = root / "checkpoints" / "rounds" / "round_001" / "round.json"
-    step("A3 dvc repro killed in round 2", dvc,
-         lambda p: _kill_in_stage(p, root, "adversarial", log, extra=lambda t0: r1.is_file()
-                                  and time.time() - r1.stat().st_mtime > IN_STAGE_S))
+    step("A3 dvc repro killed in round 2", dvc, "round 2 rm.step1", "adversarial")
+    assert r1.is_file()
     facts["round1"] = r1.read_text()
     facts["round2_after_A3"] = (root / "checkpoints" / "rounds" / "round_002" / "round.json").exists()
     # P1: the Prefect flow (ephemeral API server) picks up, killed in round 2 again
-    step("P1 prefect flow killed in round 2", flow,
-         lambda p: _kill_in_stage(p, root, "adversarial", log, args=("--round", "2")))
+    step("P1 prefect flow killed in round 2", flow, "round 2 rm.step1", "adversarial", ("--round", "2"))
     facts["round1_after_P1"] = r1.read_text()
-    # P2: the flow again, killed while `gapo register` logs the models to MLflow
-    step("P2 prefect flow killed in register", flow,
-         lambda p: _kill_in_stage(p, root, "register", log, extra=lambda t0: _new_logged_model(root, t0)))
+    # P2: the flow again, killed while `gapo register` logs the models to MLflow (the policy is logged)
+    step("P2 prefect flow killed in register", flow, "register.policy_logged", "register")
     facts["round1_after_P2"] = r1.read_text()
     facts["round2_after_P2"] = (root / "checkpoints" / "rounds" / "round_002" / "round.json").is_file()
     # A4: dvc repro, killed in register too
-    step("A4 dvc repro killed in register", dvc,
-         lambda p: _kill_in_stage(p, root, "register", log, extra=lambda t0: _new_logged_model(root, t0)))
+    step("A4 dvc repro killed in register", dvc, "register.policy_logged", "register")
     # A5: finishes
     step("A5 dvc repro finishes", dvc)
     (root.parent / "timings.json").write_text(json.dumps(timings, indent=2))
