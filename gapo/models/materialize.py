@@ -173,15 +173,7 @@ def _user_model_config(params: Params, spec: str, role: str):
 def _point_at_user_model(params: Params, spec: str, out: Path, role: str) -> dict:
     from gapo.models import loading
 
-    path = loading.resolve_model_dir(spec, role, params.models)
-    loading.check_model_dir(path, role, params.models)
-    config = loading._load_config(path, role, params.models)
-    encoder = loading.is_encoder_config(config)
-    if role == "reward" and not encoder:
-        raise ModelError(f"reward {spec!r}: is a decoder-only model ({config.model_type}); the reward model must be "
-                         "an encoder (BERT, RoBERTa, DeBERTa, Longformer, ModernBERT, MiniLM)")
-    if role == "policy" and encoder:
-        raise ModelError(f"policy {spec!r}: is an encoder ({config.model_type}); the policy must be a causal LM")
+    path, config = _user_model_config(params, spec, role)
     local = Path(spec).expanduser()
     source = str(local.resolve()) if local.is_dir() else spec
     loading.write_source_pointer(out, source, path=str(path), model_type=config.model_type)

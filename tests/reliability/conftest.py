@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rel_helpers  # noqa: E402,F401  (puts tests/orchestration and tests/models on sys.path)
+from fast_pipeline import FAST_PIPELINE  # noqa: E402
 from rel_helpers import (assert_no_survivors, find_stage_process, kill9, make_repo_copy, start,  # noqa: E402
                          tracked_env, venv_bin, wait_for)
 
@@ -23,15 +24,8 @@ def tiny_model_dirs(tmp_path_factory):
     return build_policy(root / "policy"), build_reward(root / "reward")
 
 
-# The e2e test's tiny pipeline (tests/orchestration/test_pipeline_e2e.py FAST): a few prompts and steps per stage.
-FAST = ("data.num_products=40", "data.prompts_per_product=1", "data.test_prompts=12", "data.workers=1",
-        "sft.max_steps=3", "sft.eval_examples=4", "sft.optim.micro_batch_size=4",
-        "reward.warmup_examples=32", "reward.eval_examples=8", "reward.optim.micro_batch_size=8",
-        "reward.max_length=128", "adversarial.rounds=2", "adversarial.prompts_per_round=4",
-        "adversarial.eval_prompts=4", "ppo.rollout_batch_size=4", "ppo.micro_rollout_batch_size=4",
-        "ppo.train_batch_size=4", "ppo.micro_train_batch_size=4", "ppo.episodes_per_round=1",
-        "ppo.generate_max_len=12", "ppo.prompt_max_len=128", "evaluate.max_prompts=6", "evaluate.max_new_tokens=12",
-        "evaluate.batch_size=6", "tracking.system_metrics_interval_s=2")
+# The e2e test's tiny pipeline (tests/orchestration): a few prompts and steps per stage.
+FAST = FAST_PIPELINE
 
 
 def _lock(root: Path) -> dict:
