@@ -404,26 +404,32 @@ def load_players(params: Params, ws: Workspace, start_round: int) -> Players:
                    eval_positives=[r for r in val_rows if int(r["label"]) == 1][:n_eval], eval_pp=eval_pp)
 
 
-def baseline_health(params: Params, ws: Workspace) -> dict:
-    """Round-0 health (SFT policy, warm-up RM) without building any engine: for `rounds: 0`, or when the rounds
-    are complete but the baseline record is missing."""
+def baseline_health(params: Params, ws: Workspace, policy_dir: Optional[Path] = None, k: int = 0) -> dict:
+    """Health of `policy_dir` (default: the SFT policy) as round k, without building training engines: round 0 for
+    `rounds: 0`, or when the rounds are complete but the baseline record is missing; the baselines' rounds 0 and 1
+    (gapo.train.baselines), so plots/adversarial.csv means the same for every method. The RM is the warm-up one."""
     from gapo.io import read_jsonl
     from gapo.models.loading import load_policy, load_reward_model
     from gapo.train import engine as E
     from gapo.train.reward import load_rm_rows
 
+    policy_dir = Path(policy_dir or ws.sft)
     n = params.adversarial.eval_prompts
     val_ifeval, val_rm = ws.jsonl("ifeval", "validation"), ws.jsonl("rm", "validation")
     if not n or not val_ifeval.is_file():
         return {}
-    policy, tok = load_policy(ws.sft, params.models)
+    policy, tok = load_policy(policy_dir, params.models)
+    ref = None
+    if policy_dir != ws.sft:  # KL to SFT for a trained policy
+        ref, _ = load_policy(ws.sft, params.models, role="reference")
+        ref = E.build_inference_engine(ref, params)
     rm, rm_tok = load_reward_model(ws.rm_warmup, params.models)
     policy, rm = E.build_inference_engine(policy, params), E.build_inference_engine(rm, params)
     val_rows = load_rm_rows(val_rm) if val_rm.is_file() else []
-    return adversarial_health(policy, None, rm, tok, rm_tok, read_jsonl(val_ifeval)[:n],
+    return adversarial_health(policy, ref, rm, tok, rm_tok, read_jsonl(val_ifeval)[:n],
                               [r for r in val_rows if int(r["label"]) == 1][:n],
                               load_rm_rows(val_rm, limit=n, seed=params.seed) if val_rm.is_file() else [],
-                              params, seed=params.seed + 7919)
+                              params, seed=params.seed + 7919 * (k + 1))
 
 
 def health_of(players: Players, params: Params, k: int) -> dict:

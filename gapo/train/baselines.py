@@ -498,39 +498,12 @@ def train_ppo_decoder(params: Params, ws: Workspace, out_policy: Path, out_rm: P
 
 
 # ============================================================================================ the stage
-def _health(params: Params, ws: Workspace, policy_dir: Path, k: int) -> dict:
-    """The adversarial stage's per-round health of `policy_dir` (held-out prompts, warm-up encoder RM): round 0 is
-    the SFT policy, round 1 the trained baseline, so plots/adversarial.csv means the same for every method."""
-    from gapo.io import read_jsonl
-    from gapo.models.loading import load_policy, load_reward_model
-    from gapo.train import engine as E
-    from gapo.train.adversarial import adversarial_health
-    from gapo.train.reward import load_rm_rows
-
-    n = params.adversarial.eval_prompts
-    val_ifeval, val_rm = ws.jsonl("ifeval", "validation"), ws.jsonl("rm", "validation")
-    if not n or not val_ifeval.is_file():
-        return {}
-    policy, tok = load_policy(policy_dir, params.models)
-    ref = None
-    if Path(policy_dir) != ws.sft:
-        ref, _ = load_policy(ws.sft, params.models, role="reference")
-        ref = E.build_inference_engine(ref, params)
-    rm, rm_tok = load_reward_model(ws.rm_warmup, params.models)
-    policy, rm = E.build_inference_engine(policy, params), E.build_inference_engine(rm, params)
-    val_rows = load_rm_rows(val_rm) if val_rm.is_file() else []
-    return adversarial_health(policy, ref, rm, tok, rm_tok, read_jsonl(val_ifeval)[:n],
-                              [r for r in val_rows if int(r["label"]) == 1][:n],
-                              load_rm_rows(val_rm, limit=n, seed=params.seed) if val_rm.is_file() else [],
-                              params, seed=params.seed + 7919 * (k + 1))
-
-
 def run_baseline(params: Params, ws: Workspace) -> dict:
     """Train `params.method` (a baseline) and write what the adversarial stage writes for GAPO."""
     from gapo import runtime
     from gapo.io import atomic_dir, write_json
     from gapo.train import engine as E
-    from gapo.train.adversarial import write_outputs
+    from gapo.train.adversarial import baseline_health, write_outputs
 
     if not is_baseline(params):
         raise ConfigError(f"method {params.method!r}: not a baseline of gapo.train.baselines")
@@ -553,8 +526,8 @@ def run_baseline(params: Params, ws: Workspace) -> dict:
     else:
         info = train_trl(params, ws, policy_dir)
     curve = info.pop("loss_curve", [])
-    baseline = {"round": 0, **_health(params, ws, ws.sft, 0)}
-    final = {"round": 1, **(_health(params, ws, policy_dir, 1) if policy_dir != ws.sft else baseline),
+    baseline = {"round": 0, **baseline_health(params, ws)}
+    final = {"round": 1, **(baseline_health(params, ws, policy_dir, 1) if policy_dir != ws.sft else baseline),
              **{k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
     final["round"] = 1
     metrics = {}
