@@ -40,7 +40,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", default=".", help="workspace root holding data/, checkpoints/, metrics/")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, spec in stages.STAGES.items():
-        p = sub.add_parser(name, help=spec.help, description=spec.help)
+        p = sub.add_parser(name, help=spec.help.replace("%", "%%"), description=spec.help)
         # the same global flags after the stage name, as users type them either way
         p.add_argument("-S", "--set", dest="stage_overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
         for args, kwargs in spec.arguments:

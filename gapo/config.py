@@ -273,6 +273,9 @@ class CompareConfig(Section):
     seeds: list[int] = Field([1234, 1235, 1236], min_length=1)
     jobs: int = Field(1, ge=1, description="DVC queue workers; keep 1: with 2, DVC 3.67's file-system broker "
                                            "lost both workers after one experiment each (docs/baselines.md)")
+    seed_param: Literal["train_seed", "seed"] = Field(
+        "train_seed", description="what a grid seed sets: train_seed = every method starts from the same data, SFT "
+                                  "policy and warm-up RM (DVC's run-cache builds them once); seed = all stages rerun")
     target: str = Field("evaluate", description="dvc.yaml stage each experiment runs up to")
     metric: str = Field("prompt_level_strict_acc", description="headline metrics/evaluate.json key")
     confidence: float = Field(0.95, gt=0, lt=1)
@@ -291,6 +294,8 @@ class EvaluateConfig(Section):
     top_k: int = Field(0, ge=0, description="0 = no top-k filter")
     max_new_tokens: int = Field(160, gt=0)
     batch_size: int = Field(32, gt=0, description="prompts per generation batch (and rows per RM / KL forward)")
+    rm_rows: int = Field(0, ge=0, description="preferential-prompt test rows (whole pairs, seeded) for rm_accuracy / "
+                                              "rm_auc; 0 = all")
 
 
 class GateConfig(Section):
@@ -325,6 +330,8 @@ class TrackingConfig(Section):
 
 class Params(Section):
     seed: int = 1234
+    train_seed: int | None = Field(None, description="seed of the method stage only (adversarial rounds, baselines); "
+                                   "None = seed. Data, SFT and RM warm-up stay put when it changes")
     method: Literal["gapo", "ppo", "sft", "dpo", "kto", "orpo", "simpo"] = "gapo"
     paradigm: Literal["pp", "pr"] = Field("pp", description="preferential prompt or preferential response data")
     runtime: RuntimeConfig = RuntimeConfig()

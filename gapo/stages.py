@@ -78,6 +78,8 @@ def adversarial(params: Params, ws: Workspace, round: int | None = None) -> dict
     from gapo.train.baselines import is_baseline, paradigm_workspace, run_baseline_stage
 
     ws = paradigm_workspace(params, ws)
+    if params.train_seed is not None:  # one seed for everything the stage draws (rounds, baselines, health eval)
+        params = params.model_copy(update={"seed": params.train_seed})
     if is_baseline(params):  # method sft / ppo (decoder RM) / dpo / kto / orpo / simpo: docs/baselines.md
         if round is not None:
             from gapo.config import ConfigError

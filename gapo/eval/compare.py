@@ -2,7 +2,7 @@
 
 1. The merged params (params.yaml + profile + -S) become the experiments' baseline params.yaml for the time it takes
    to queue them (DVC stashes the workspace per queued experiment; the file is restored afterwards).
-2. Each grid point is `dvc exp run --queue -S method=M -S paradigm=P -S seed=S -n <name> <compare.target>`; a point
+2. Each grid point is `dvc exp run --queue -S method=M -S paradigm=P -S <compare.seed_param>=S -n <name> <target>`; a point
    whose named experiment already exists is not queued again (its results are reused).
 3. `dvc exp run --run-all --jobs <compare.jobs>` runs the queue (local workers; no network).
 4. `dvc exp show --json` gives every experiment's params and metrics/evaluate.json; `build_tables` (pure) turns the
@@ -245,16 +245,16 @@ def _dvc(args: list[str], cwd: Path, capture: bool = True) -> str:
 
 def grid(params: Params) -> list[tuple[str, str, int]]:
     c = params.compare
-    # paradigm-major, seeds innermost: a stopped queue leaves whole paradigms and whole methods, and the first
-    # two experiments (different seeds) build their seeds' shared stages in parallel when jobs > 1
-    return [(m, p, s) for p in c.paradigms for m in c.methods for s in c.seeds]
+    # seed-major: a queue stopped early (`dvc queue stop --kill`, then `--collect-only`) leaves every method and
+    # paradigm with the seeds finished so far, i.e. a full table with wider intervals rather than missing rows
+    return [(m, p, s) for s in c.seeds for p in c.paradigms for m in c.methods]
 
 
 def grid_id(params: Params) -> str:
     """Names the grid's configuration: the merged params minus the three grid axes and the compare section, so a
     rerun with the same configuration reuses finished experiments and a changed one never does."""
     tree = params.model_dump(mode="json")
-    for k in ("method", "paradigm", "seed", "compare"):
+    for k in ("method", "paradigm", "seed", "train_seed", "compare"):
         tree.pop(k, None)
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -291,7 +291,7 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
 
             fh.write(render_params_yaml(base))
         for m, p, s in todo:
-            _dvc(["exp", "run", "--queue", "-S", f"method={m}", "-S", f"paradigm={p}", "-S", f"seed={s}",
+            _dvc(["exp", "run", "--queue", "-S", f"method={m}", "-S", f"paradigm={p}", "-S", f"{params.compare.seed_param}={s}",
                   "-n", exp_name(gid, m, p, s), params.compare.target], ws.root)
     finally:
         if original is not None:

@@ -286,7 +286,8 @@ def generate_and_score(params: Params, ws: Workspace, input_path: str | None, ou
             row["rm_reward"] = value
         report["mean_rm_reward"] = _mean(rewards)
         if rm_data.exists():
-            rm_metrics = evaluate_reward_model(rm, rm_tok, load_rm_rows(rm_data), params, batch_size=cfg.batch_size)
+            rm_metrics = evaluate_reward_model(rm, rm_tok, load_rm_rows(rm_data, cfg.rm_rows, seed=params.seed),
+                                               params, batch_size=cfg.batch_size)
             report.update({f"rm_{k}": v for k, v in rm_metrics.items()})
         else:
             skipped["rm_accuracy"] = f"no preferential-prompt test pairs at {rm_data}"

@@ -52,6 +52,11 @@ def test_compare_grid_end_to_end(scratch):
     md = (root / "reports" / "compare.md").read_text()
     assert "| sft | 2 |" in md and "| dpo | 2 |" in md and "(4/4 experiments finished)" in md
     assert (root / "reports" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    # the grid's seeds are train_seed: both sft experiments evaluate the one SFT policy DVC built once
+    import json
+
+    sft = json.loads((root / "reports" / "compare.json").read_text())["tables"]["main"]["pp"]["sft"]["overall"]
+    assert sft["n"] == 2 and sft["std"] == 0.0
     assert (root / "params.yaml").read_bytes() == original_params  # restored after queueing
     # both files were logged to the `compare` stage's MLflow run in the workspace's store
     import mlflow

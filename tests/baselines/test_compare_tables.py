@@ -89,7 +89,7 @@ def test_records_from_exp_show_nested_json():
 def test_grid_names_ignore_only_the_axes():
     from gapo.config import load_params
 
-    a = load_params(None, ["method=dpo", "seed=3", "compare.seeds=[1]"])
+    a = load_params(None, ["method=dpo", "seed=3", "train_seed=5", "compare.seeds=[1]"])
     b = load_params(None, ["method=gapo", "paradigm=pr"])
     assert C.grid_id(a) == C.grid_id(b)
     assert C.grid_id(load_params(None, ["sft.max_steps=7"])) != C.grid_id(b)

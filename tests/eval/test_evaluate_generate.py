@@ -108,6 +108,16 @@ def test_metrics_file_has_the_contracted_keys(evaluated):
     assert 0.0 < m["inst_level_loose_acc"] < 1.0
 
 
+def test_rm_rows_takes_whole_pairs(evaluated, tmp_path):
+    import shutil
+
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(evaluated[0].root, ws.root)
+    assert _run(ws, "-S", "evaluate.rm_rows=6", "-S", "evaluate.max_prompts=2") == 0
+    m = json.loads(ws.metrics_file("evaluate").read_text(encoding="utf-8"))
+    assert m["rm_n"] == 6 and m["num_prompts"] == 2  # 3 whole pairs of the 8
+
+
 def test_kl_to_identical_sft_is_zero(evaluated):
     _, m, rows = evaluated
     assert m["kl_to_sft"] == pytest.approx(0.0, abs=1e-6)
