@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# the compare profile, made smaller still: the test checks the machinery (queue, run, collect, report, MLflow)
+# the tiny profile, made smaller still: the test checks the machinery (queue, run, collect, report, MLflow)
 GRID = ["-S", "compare.methods=[sft,dpo]", "-S", "compare.paradigms=[pp]", "-S", "compare.seeds=[1,2]",
         "-S", "sft.max_steps=8", "-S", "reward.warmup_epochs=1", "-S", "reward.eval_examples=16",
         "-S", "data.num_products=60", "-S", "data.test_prompts=16", "-S", "evaluate.max_new_tokens=16",
@@ -46,7 +46,7 @@ def test_compare_grid_end_to_end(scratch):
         subprocess.run(cmd, cwd=root, env=env, check=True)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     gapo = [str(Path(sys.executable).parent / "gapo")]
-    proc = subprocess.run([*gapo, "--profile", "compare", *GRID, "compare"],
+    proc = subprocess.run([*gapo, "--profile", "tiny", *GRID, "compare"],
                           cwd=root, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     md = (root / "reports" / "compare.md").read_text()
@@ -69,6 +69,6 @@ def test_compare_grid_end_to_end(scratch):
     assert {"compare/compare.md", "compare/compare.png"} <= arts
     assert any(k.startswith("compare/pp/dpo/") for k in runs[0].data.metrics)
     # a second call reuses the finished experiments instead of queueing them again
-    again = subprocess.run([*gapo, "--profile", "compare", *GRID, "compare"],
+    again = subprocess.run([*gapo, "--profile", "tiny", *GRID, "compare"],
                            cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and '"queued": 0' in again.stdout and '"reused": 4' in again.stdout
