@@ -92,14 +92,15 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "python": platform.python_version(), "load": loadavg()}
 
 
-def matmul_peak(threads: int, n: int = 1024, seconds: float = 1.5) -> float:
-    """This machine's fp32 matmul throughput (FLOP/s) on `threads` threads: best of repeated n×n @ n×n."""
+def matmul_peak(threads: int, n: int = 1024, seconds: float = 1.5, dtype: str = "float32") -> float:
+    """This machine's matmul throughput (FLOP/s, fp32 unless `dtype`) on `threads` threads: best of repeated
+    n×n @ n×n."""
     import torch
 
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
         a @ b
         best, t_end = 0.0, time.perf_counter() + seconds
         while time.perf_counter() < t_end:

@@ -4,6 +4,7 @@ Both loops are the stages' own pieces on the DEFAULT profile's models and batch 
 `sft.optim.micro_batch_size` rows of data/sft/train (gapo.train.sft: tokenize_sft_rows, length_grouped_batches,
 collate_sft, completion_loss) through a DeepSpeed engine; RM = MiniLM, `reward.optim.micro_batch_size` rows of
 data/rm/train through `gapo.train.reward.train_reward_model` (the function the stage and the rounds call).
+RM also runs once more with `models.reward_autocast=none` (fp32 matmuls) on the same batches, side by side.
 FLOPs are counted by torch's FlopCounterMode on the very same batches (forward + backward) in an untimed first
 pass that doubles as the warm-up. Peak = best fp32 n×n matmul on the same threads, measured
 before and after the training loops (the max is used). Achieved FLOP/s = counted FLOPs / timed seconds.
@@ -61,13 +62,14 @@ def sft_loss(model, batch):
     return completion_loss(model, batch)[0]
 
 
-def rm_setup(params, ws: Path, steps: int):
+def rm_setup(params, ws: Path, steps: int, autocast: str | None = None):
     from gapo.models.loading import load_reward_model
     from gapo.train import engine as E
     from gapo.train.reward import _collate, _encode_rows, _pair_batches, _uses_types, load_rm_rows
 
     optim = params.reward.optim
-    model, tok = load_reward_model(ws / "models" / "reward", params.models)
+    models = params.models if autocast is None else params.models.model_copy(update={"reward_autocast": autocast})
+    model, tok = load_reward_model(ws / "models" / "reward", models)
     rows = load_rm_rows(ws / "data" / "rm" / "train.jsonl", optim.micro_batch_size * steps, seed=params.seed)
     enc = _encode_rows(rows, tok, params.reward.max_length)
     order = _pair_batches(rows, [len(e[0]) for e in enc], optim.micro_batch_size, params.seed)[:steps]
@@ -117,15 +119,21 @@ def main(argv=None) -> dict:
     peaks = [common.matmul_peak(ns.threads)]
     sft_engine, sft_batches = sft_setup(params, ws, ns.steps)
     rm_engine, rm_batches = rm_setup(params, ws, ns.steps)
+    # the same RM loop with fp32 matmuls, side by side: what models.reward_autocast buys on this machine
+    rm32_engine, _ = rm_setup(params, ws, ns.steps, autocast="none")
     sft_flops = count_flops(sft_engine, sft_batches, sft_loss)
     rm_flops = count_flops(rm_engine, rm_batches, rm_loss)
-    t = {"sft": [], "rm": []}
+    count_flops(rm32_engine, rm_batches, rm_loss)  # warm-up
+    t = {"sft": [], "rm": [], "rm_fp32": []}
     for _ in range(ns.repeats):
         t["sft"].append(timed_loop(sft_engine, sft_batches, sft_loss))
         t["rm"].append(timed_loop(rm_engine, rm_batches, rm_loss))
+        t["rm_fp32"].append(timed_loop(rm32_engine, rm_batches, rm_loss))
     peaks.append(common.matmul_peak(ns.threads))
     peak = max(peaks)
+    bf16_peak = common.matmul_peak(ns.threads, dtype="bfloat16")
     sft_s, rm_s = statistics.median(t["sft"]), statistics.median(t["rm"])
+    rm32_s = statistics.median(t["rm_fp32"])
     sft_tokens = sum(int(b["attention_mask"].sum()) for b in sft_batches)
     sft_padded = sum(b["input_ids"].numel() for b in sft_batches)
     rm_samples = sum(b["input_ids"].size(0) for b in rm_batches)
@@ -133,7 +141,7 @@ def main(argv=None) -> dict:
         "settings": {"threads": ns.threads, "steps": ns.steps, "repeats": ns.repeats,
                      "sft_micro_batch": params.sft.optim.micro_batch_size, "sft_max_seq_len": params.sft.max_seq_len,
                      "rm_micro_batch": params.reward.optim.micro_batch_size, "rm_max_length": params.reward.max_length},
-        "matmul_peak_gflops": round(peak / 1e9, 2), "matmul_peak_samples_gflops": [round(p / 1e9, 2) for p in peaks],
+        "matmul_peak_gflops": round(peak / 1e9, 2), "bf16_matmul_peak_gflops": round(bf16_peak / 1e9, 2), "matmul_peak_samples_gflops": [round(p / 1e9, 2) for p in peaks],
         "sft": {"tokens_per_s": round(sft_tokens / sft_s, 1), "padded_tokens_per_s": round(sft_padded / sft_s, 1),
                 "samples_per_s": round(sum(b["input_ids"].size(0) for b in sft_batches) / sft_s, 2),
                 "gflops_per_s": round(sft_flops / sft_s / 1e9, 2),
@@ -141,7 +149,10 @@ def main(argv=None) -> dict:
                 "seconds": [round(x, 3) for x in t["sft"]]},
         "rm": {"samples_per_s": round(rm_samples / rm_s, 2),
                "gflops_per_s": round(rm_flops / rm_s / 1e9, 2), "fraction_of_peak": round(rm_flops / rm_s / peak, 3),
-               "seconds": [round(x, 3) for x in t["rm"]]},
+               "reward_autocast": params.models.reward_autocast, "seconds": [round(x, 3) for x in t["rm"]]},
+        "rm_fp32": {"samples_per_s": round(rm_samples / rm32_s, 2), "gflops_per_s": round(rm_flops / rm32_s / 1e9, 2),
+                    "fraction_of_peak": round(rm_flops / rm32_s / peak, 3), "speedup_of_autocast": round(rm32_s / rm_s, 2),
+                    "seconds": [round(x, 3) for x in t["rm_fp32"]]},
         "load": common.loadavg(),
     }
     common.emit(ns.name, out)

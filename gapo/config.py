@@ -114,6 +114,9 @@ class ModelsConfig(Section):
     reward_arch: RewardArchConfig = RewardArchConfig()
     critic_init: Literal["policy", "reward"] = "policy"
     dtype: Literal["float32", "bfloat16"] = "float32"
+    reward_autocast: Literal["auto", "bfloat16", "none"] = Field(
+        "auto", description="the encoder RM's matmuls in bfloat16 (torch.autocast; weights, Adam and checkpoints stay "
+                            "in `dtype`); auto = where the device has native bf16 (CPUs with AVX512-BF16/AMX, GPUs)")
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = Field(False, description="load pickle .bin checkpoints (unsafe); safetensors only by default")
@@ -205,6 +208,9 @@ class PPOConfig(Section):
     kl_target: Optional[float] = Field(None, gt=0, description="None = fixed KL coefficient")
     kl_horizon: int = Field(10000, gt=0)
     kl_estimator: Literal["k1", "k3"] = "k1"
+    reward_source: Literal["rm", "verifier"] = Field(
+        "rm", description="rm = the reward model's score (GAPO); verifier = +1/-1 from the IFEval checkers, an oracle "
+                          "ablation: can PPO raise the pass rate at all with a perfect reward? (docs/method.md)")
     gamma: float = Field(1.0, ge=0, le=1)
     lambd: float = Field(0.95, ge=0, le=1)
     eps_clip: float = Field(0.2, gt=0)

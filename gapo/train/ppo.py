@@ -247,8 +247,14 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
         t2 = time.perf_counter()
         # The RM reads TEXT in its own tokenizer: decode the policy's response, never pass its ids (§8 bug 5).
         texts = [decode_response(ids, tok, stops) for ids in s.response_ids.tolist()]
-        score = rm_score(models.reward, models.reward_tokenizer, [r["prompt"] for r in chunk], texts, params)
-        score = score.to(device).float()
+        verdicts = verifier_verdicts(chunk, texts)
+        if ppo.reward_source == "verifier":  # the oracle ablation: the checkers themselves, no RM
+            if any(v is None for v in verdicts):
+                raise ConfigError("ppo.reward_source=verifier: a prompt has no instruction_id_list to check")
+            score = torch.tensor([1.0 if v else -1.0 for v in verdicts], device=device)
+        else:
+            score = rm_score(models.reward, models.reward_tokenizer, [r["prompt"] for r in chunk], texts, params)
+            score = score.to(device).float()
         t3 = time.perf_counter()
         clock["rollout"] += t1 - t0
         clock["forward"] += t2 - t1
@@ -261,7 +267,6 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
         adv = inject_nan("ppo.advantages", adv, round=where.round, step=where.step)  # fault-injection hook
         check_finite(adv, "advantages", where)
         check_finite(ret, "returns", where)
-        verdicts = verifier_verdicts(chunk, texts)
         lengths = mask.sum(dim=1).long().tolist()
         for i, L in enumerate(lengths):
             P = int(s.attention_mask[i, :s.prompt_len].sum())

@@ -85,6 +85,23 @@ def test_user_model_gets_a_source_pointer(tiny, tmp_path):
     assert model.config.model_type == "llama"
 
 
+def test_reward_autocast_keeps_fp32_weights_and_logits(tiny):
+    ws, params = tiny
+    plain, tok = loading.load_reward_model(ws.reward_base, params.models.model_copy(update={"reward_autocast": "none"}))
+    cast, _ = loading.load_reward_model(ws.reward_base, params.models.model_copy(update={"reward_autocast": "bfloat16"}))
+    assert "forward" not in vars(plain)  # "none" leaves the module untouched
+    enc = tok(["Requirements: a mug"], ["A blue mug."], return_tensors="pt")
+    with torch.no_grad():
+        a, b = plain(**enc).logits, cast(**enc).logits
+    assert b.dtype == torch.float32 and all(p.dtype == torch.float32 for p in cast.parameters())
+    assert not torch.equal(a, b)  # the matmuls really ran in bf16 ...
+    assert torch.allclose(a, b, atol=0.05)  # ... and agree to bf16 precision
+    cast.train()
+    cast(**enc).logits.sum().backward()  # gradients reach the fp32 weights
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in cast.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in cast.parameters())
+
+
 def test_missing_path(tmp_path):
     with pytest.raises(ModelError) as e:
         loading.load_policy(tmp_path / "nope")

@@ -101,6 +101,28 @@ def test_one_ppo_step_lowers_the_policy_loss(tiny):
     assert after < before - 1e-4, (before, after)
 
 
+def test_verifier_reward_source_scores_plus_minus_one(tiny):
+    from gapo.config import ConfigError
+    from gapo.models.prompting import decode_response
+    from gapo.train.ppo import Where, make_experience, verifier_verdicts
+
+    ws, params = tiny
+    oracle = params.model_copy(update={"ppo": params.ppo.model_copy(update={"reward_source": "verifier"})})
+    m = build_models(ws, oracle)
+    head = [p for n, p in m.reward.named_parameters() if "classifier" in n and n.endswith("weight")][0]
+    with torch.no_grad():
+        head.fill_(float("nan"))  # the RM is not consulted at all
+    rows = read_jsonl(ws.jsonl("ifeval", "train"))[:6]
+    rollouts, stats = make_experience(m, rows, oracle, kl_coef=0.01, where=Where(round=1))
+    texts = [decode_response(r.response_ids.tolist(), m.tokenizer) for r in rollouts]
+    expected = [1.0 if v else -1.0 for v in verifier_verdicts(rows, texts)]
+    assert [r.score for r in rollouts] == expected
+    assert stats["reward"] == pytest.approx(sum(expected) / len(expected))
+    unchecked = [{k: v for k, v in rows[0].items() if k != "instruction_id_list"}]
+    with pytest.raises(ConfigError, match="reward_source=verifier"):
+        make_experience(m, unchecked, oracle, kl_coef=0.01, where=Where(round=1))
+
+
 def math_finite(x: float) -> bool:
     import math
 
