@@ -4,7 +4,8 @@ Both loops are the stages' own pieces on the DEFAULT profile's models and batch 
 `sft.optim.micro_batch_size` rows of data/sft/train (gapo.train.sft: tokenize_sft_rows, length_grouped_batches,
 collate_sft, completion_loss) through a DeepSpeed engine; RM = MiniLM, `reward.optim.micro_batch_size` rows of
 data/rm/train through `gapo.train.reward.train_reward_model` (the function the stage and the rounds call).
-RM also runs once more with `models.reward_autocast=none` (fp32 matmuls) on the same batches, side by side.
+Each loop also runs with autocast off (`sft.autocast=none`, `models.reward_autocast=none`: fp32 matmuls) on the same
+batches, side by side, so the table shows what bf16 autocast buys on this machine.
 FLOPs are counted by torch's FlopCounterMode on the very same batches (forward + backward) in an untimed first
 pass that doubles as the warm-up. Peak = best fp32 n×n matmul on the same threads, measured
 before and after the training loops (the max is used). Achieved FLOP/s = counted FLOPs / timed seconds.
@@ -39,15 +40,16 @@ def count_flops(engine, batches, loss_fn) -> float:
     return total
 
 
-def sft_setup(params, ws: Path, steps: int):
+def sft_setup(params, ws: Path, steps: int, autocast: str | None = None):
     from gapo.io import read_jsonl
-    from gapo.models.loading import load_policy
+    from gapo.models.loading import apply_autocast, load_policy
     from gapo.models.prompting import pad_token_id
     from gapo.train import engine as E
     from gapo.train.sft import collate_sft, length_grouped_batches, tokenize_sft_rows
 
     optim = params.sft.optim
     model, tok = load_policy(ws / "models" / "policy", params.models)
+    apply_autocast(model, params.sft.autocast if autocast is None else autocast, params.models)
     rows = read_jsonl(ws / "data" / "sft" / "train.jsonl")
     train = tokenize_sft_rows(rows, tok, params.sft.max_seq_len, "sft")
     order = length_grouped_batches([len(x) for x, _ in train], optim.micro_batch_size, params.seed)[:steps]
@@ -118,22 +120,25 @@ def main(argv=None) -> dict:
     torch.set_num_threads(ns.threads)
     peaks = [common.matmul_peak(ns.threads)]
     sft_engine, sft_batches = sft_setup(params, ws, ns.steps)
+    sft32_engine, _ = sft_setup(params, ws, ns.steps, autocast="none")
     rm_engine, rm_batches = rm_setup(params, ws, ns.steps)
     # the same RM loop with fp32 matmuls, side by side: what models.reward_autocast buys on this machine
     rm32_engine, _ = rm_setup(params, ws, ns.steps, autocast="none")
     sft_flops = count_flops(sft_engine, sft_batches, sft_loss)
     rm_flops = count_flops(rm_engine, rm_batches, rm_loss)
     count_flops(rm32_engine, rm_batches, rm_loss)  # warm-up
-    t = {"sft": [], "rm": [], "rm_fp32": []}
+    count_flops(sft32_engine, sft_batches, sft_loss)
+    t = {"sft": [], "sft_fp32": [], "rm": [], "rm_fp32": []}
     for _ in range(ns.repeats):
         t["sft"].append(timed_loop(sft_engine, sft_batches, sft_loss))
+        t["sft_fp32"].append(timed_loop(sft32_engine, sft_batches, sft_loss))
         t["rm"].append(timed_loop(rm_engine, rm_batches, rm_loss))
         t["rm_fp32"].append(timed_loop(rm32_engine, rm_batches, rm_loss))
     peaks.append(common.matmul_peak(ns.threads))
     peak = max(peaks)
     bf16_peak = common.matmul_peak(ns.threads, dtype="bfloat16")
     sft_s, rm_s = statistics.median(t["sft"]), statistics.median(t["rm"])
-    rm32_s = statistics.median(t["rm_fp32"])
+    rm32_s, sft32_s = statistics.median(t["rm_fp32"]), statistics.median(t["sft_fp32"])
     sft_tokens = sum(int(b["attention_mask"].sum()) for b in sft_batches)
     sft_padded = sum(b["input_ids"].numel() for b in sft_batches)
     rm_samples = sum(b["input_ids"].size(0) for b in rm_batches)
@@ -146,7 +151,10 @@ def main(argv=None) -> dict:
                 "samples_per_s": round(sum(b["input_ids"].size(0) for b in sft_batches) / sft_s, 2),
                 "gflops_per_s": round(sft_flops / sft_s / 1e9, 2),
                 "fraction_of_peak": round(sft_flops / sft_s / peak, 3),
-                "seconds": [round(x, 3) for x in t["sft"]]},
+                "autocast": params.sft.autocast, "seconds": [round(x, 3) for x in t["sft"]]},
+        "sft_fp32": {"tokens_per_s": round(sft_tokens / sft32_s, 1), "gflops_per_s": round(sft_flops / sft32_s / 1e9, 2),
+                     "fraction_of_peak": round(sft_flops / sft32_s / peak, 3),
+                     "speedup_of_autocast": round(sft32_s / sft_s, 2), "seconds": [round(x, 3) for x in t["sft_fp32"]]},
         "rm": {"samples_per_s": round(rm_samples / rm_s, 2),
                "gflops_per_s": round(rm_flops / rm_s / 1e9, 2), "fraction_of_peak": round(rm_flops / rm_s / peak, 3),
                "reward_autocast": params.models.reward_autocast, "seconds": [round(x, 3) for x in t["rm"]]},

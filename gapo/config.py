@@ -162,6 +162,9 @@ class SFTConfig(Section):
     max_seq_len: int = Field(384, gt=0)
     max_examples: int = Field(0, ge=0, description="0 = all")
     eval_examples: int = Field(64, ge=0, description="validation rows for the loss before/after; 0 = none")
+    autocast: Literal["auto", "bfloat16", "none"] = Field(
+        "auto", description="SFT matmuls in bfloat16 (mixed precision: weights, Adam and the checkpoint stay float32); "
+                            "auto = where the device has native bf16. PPO never autocasts (its ratios need fp32)")
     log_every: int = Field(10, gt=0)
 
 

@@ -187,9 +187,15 @@ def load_reward_model(spec: str | Path, cfg: Optional[ModelsConfig] = None, role
                          "be an encoder (BERT, RoBERTa, DeBERTa, Longformer, ModernBERT, MiniLM)")
     model = _from_pretrained(AutoModelForSequenceClassification, path, role, cfg, num_labels=1)
     tok = load_tokenizer(path, cfg, role)
-    if cfg.reward_autocast != "none" and cfg.dtype == "float32":
-        autocast_forward(model, required=cfg.reward_autocast == "bfloat16")
+    apply_autocast(model, cfg.reward_autocast, cfg)
     return model, tok
+
+
+def apply_autocast(model, mode: str, cfg: ModelsConfig) -> None:
+    """`mode` auto / bfloat16 / none (models.reward_autocast, sft.autocast) for a model loaded in `cfg.dtype`:
+    only float32 models are autocast (a bf16 model already runs bf16 matmuls)."""
+    if mode != "none" and cfg.dtype == "float32":
+        autocast_forward(model, required=mode == "bfloat16")
 
 
 @functools.lru_cache(maxsize=None)
