@@ -40,16 +40,15 @@ def count_flops(engine, batches, loss_fn) -> float:
     return total
 
 
-def sft_setup(params, ws: Path, steps: int, autocast: str | None = None):
+def sft_setup(params, ws: Path, steps: int):
     from gapo.io import read_jsonl
-    from gapo.models.loading import apply_autocast, load_policy
+    from gapo.models.loading import load_policy
     from gapo.models.prompting import pad_token_id
     from gapo.train import engine as E
     from gapo.train.sft import collate_sft, length_grouped_batches, tokenize_sft_rows
 
     optim = params.sft.optim
     model, tok = load_policy(ws / "models" / "policy", params.models)
-    apply_autocast(model, params.sft.autocast if autocast is None else autocast, params.models)
     rows = read_jsonl(ws / "data" / "sft" / "train.jsonl")
     train = tokenize_sft_rows(rows, tok, params.sft.max_seq_len, "sft")
     order = length_grouped_batches([len(x) for x, _ in train], optim.micro_batch_size, params.seed)[:steps]
@@ -58,10 +57,16 @@ def sft_setup(params, ws: Path, steps: int, autocast: str | None = None):
     return engine, batches
 
 
-def sft_loss(model, batch):
+def sft_loss_fn(mode: str, models_cfg):
+    """The SFT stage's training forward: completion loss under `sft.autocast` (`mode`), as gapo.train.sft runs it."""
+    from gapo.models.loading import autocast_context
     from gapo.train.sft import completion_loss
 
-    return completion_loss(model, batch)[0]
+    def loss(model, batch):
+        with autocast_context(batch["input_ids"].device.type, mode, models_cfg):
+            return completion_loss(model, batch)[0]
+
+    return loss
 
 
 def rm_setup(params, ws: Path, steps: int, autocast: str | None = None):
@@ -120,18 +125,19 @@ def main(argv=None) -> dict:
     torch.set_num_threads(ns.threads)
     peaks = [common.matmul_peak(ns.threads)]
     sft_engine, sft_batches = sft_setup(params, ws, ns.steps)
-    sft32_engine, _ = sft_setup(params, ws, ns.steps, autocast="none")
+    sft32_engine, _ = sft_setup(params, ws, ns.steps)
     rm_engine, rm_batches = rm_setup(params, ws, ns.steps)
     # the same RM loop with fp32 matmuls, side by side: what models.reward_autocast buys on this machine
     rm32_engine, _ = rm_setup(params, ws, ns.steps, autocast="none")
+    sft_loss, sft32_loss = sft_loss_fn(params.sft.autocast, params.models), sft_loss_fn("none", params.models)
     sft_flops = count_flops(sft_engine, sft_batches, sft_loss)
     rm_flops = count_flops(rm_engine, rm_batches, rm_loss)
     count_flops(rm32_engine, rm_batches, rm_loss)  # warm-up
-    count_flops(sft32_engine, sft_batches, sft_loss)
+    count_flops(sft32_engine, sft_batches, sft32_loss)
     t = {"sft": [], "sft_fp32": [], "rm": [], "rm_fp32": []}
     for _ in range(ns.repeats):
         t["sft"].append(timed_loop(sft_engine, sft_batches, sft_loss))
-        t["sft_fp32"].append(timed_loop(sft32_engine, sft_batches, sft_loss))
+        t["sft_fp32"].append(timed_loop(sft32_engine, sft_batches, sft32_loss))
         t["rm"].append(timed_loop(rm_engine, rm_batches, rm_loss))
         t["rm_fp32"].append(timed_loop(rm32_engine, rm_batches, rm_loss))
     peaks.append(common.matmul_peak(ns.threads))

@@ -192,10 +192,23 @@ def load_reward_model(spec: str | Path, cfg: Optional[ModelsConfig] = None, role
 
 
 def apply_autocast(model, mode: str, cfg: ModelsConfig) -> None:
-    """`mode` auto / bfloat16 / none (models.reward_autocast, sft.autocast) for a model loaded in `cfg.dtype`:
-    only float32 models are autocast (a bf16 model already runs bf16 matmuls)."""
+    """`mode` auto / bfloat16 / none (models.reward_autocast) for a model loaded in `cfg.dtype`: only float32
+    models are autocast (a bf16 model already runs bf16 matmuls)."""
     if mode != "none" and cfg.dtype == "float32":
         autocast_forward(model, required=mode == "bfloat16")
+
+
+def autocast_context(device_type: str, mode: str, cfg: ModelsConfig):
+    """torch.autocast(bfloat16) for one region (sft.autocast around the SFT training forward), or a no-op: off for
+    `none`, for non-float32 models, and for `auto` where bf16 is not native. Unlike `autocast_forward` it leaves
+    the model itself alone, so the KV-cached sampler (which calls the layers directly) never mixes dtypes."""
+    import contextlib
+
+    import torch
+
+    if mode == "none" or cfg.dtype != "float32" or (mode == "auto" and not native_bf16(device_type)):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
 @functools.lru_cache(maxsize=None)

@@ -112,7 +112,7 @@ def run_sft(params: Params, ws: Workspace) -> dict:
     from gapo import runtime
     from gapo.errors import DataError, NumericalError
     from gapo.io import atomic_file, read_jsonl, write_json
-    from gapo.models.loading import apply_autocast, load_policy
+    from gapo.models.loading import autocast_context, load_policy
     from gapo.models.prompting import decode_response, encode_prompt, pad_token_id, stop_token_ids
     from gapo.train import engine as E
     from gapo.train.guards import inject_nan, pause_point
@@ -126,7 +126,6 @@ def run_sft(params: Params, ws: Workspace) -> dict:
     if not train_path.exists():
         raise DataError(f"{train_path}: not found (run `gapo prepare` first)")
     model, tok = load_policy(ws.policy_base, params.models)
-    apply_autocast(model, params.sft.autocast, params.models)
     pad = pad_token_id(tok)
     rows = read_jsonl(train_path)
     if cfg.max_examples:
@@ -159,7 +158,8 @@ def run_sft(params: Params, ws: Workspace) -> dict:
         step_loss = 0.0
         for _ in range(micro_per_step):
             batch = {k: v.to(engine.device) for k, v in next(it).items()}
-            loss, _ = completion_loss(engine, batch)
+            with autocast_context(engine.device.type, cfg.autocast, params.models):  # mixed precision: fp32 weights
+                loss, _ = completion_loss(engine, batch)
             loss = inject_nan("sft.loss", loss, step=step)  # fault-injection hook (tests only)
             if not torch.isfinite(loss):
                 raise NumericalError(f"sft step {step}: loss is {float(loss)}")

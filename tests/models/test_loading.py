@@ -102,6 +102,18 @@ def test_reward_autocast_keeps_fp32_weights_and_logits(tiny):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in cast.parameters())
 
 
+def test_autocast_context_modes():
+    cfg = ModelsConfig()
+    with loading.autocast_context("cpu", "bfloat16", cfg):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    for mode, c in (("none", cfg), ("bfloat16", ModelsConfig(dtype="bfloat16"))):
+        with loading.autocast_context("cpu", mode, c):
+            assert not torch.is_autocast_enabled("cpu")
+    with loading.autocast_context("cpu", "auto", cfg):  # on only where bf16 is native
+        assert torch.is_autocast_enabled("cpu") == loading.native_bf16("cpu")
+
+
 def test_missing_path(tmp_path):
     with pytest.raises(ModelError) as e:
         loading.load_policy(tmp_path / "nope")
