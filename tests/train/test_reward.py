@@ -102,9 +102,12 @@ def test_continued_training_and_scores(fixture_ws):
     logits = R.rm_score(engine, tok, prompts, responses, ta.tiny_params("reward.score=logit"))
     torch.testing.assert_close(probs, logits.sigmoid())
     assert engine.module.training  # scoring restores the training mode it found
-    # Order-independent: scores do not depend on how rows are batched (length-sorted inside).
+    # Order-independent: scores do not depend on how rows are batched (length-sorted inside). Under the bf16
+    # autocast (models.reward_autocast) a different batch means different padding and kernels: equal to bf16
+    # precision, not to fp32's.
     rev = R.rm_logits(engine, tok, prompts[::-1], responses[::-1], params.reward.max_length, batch_size=4)
-    torch.testing.assert_close(rev.flip(0), logits, atol=1e-5, rtol=1e-5)
+    bf16 = params.models.reward_autocast != "none"
+    torch.testing.assert_close(rev.flip(0), logits, atol=2e-3 if bf16 else 1e-5, rtol=1e-2 if bf16 else 1e-5)
 
 
 @pytest.mark.slow
