@@ -2,8 +2,8 @@
 
 1. The merged params (params.yaml + profile + -S) become the experiments' baseline params.yaml for the time it takes
    to queue them (DVC stashes the workspace per queued experiment; the file is restored afterwards).
-2. Each grid point is `dvc exp run --queue -S method=M -S paradigm=P -S <compare.seed_param>=S -n <name> <target>`; a point
-   whose named experiment already exists is not queued again (its results are reused).
+2. Each grid point is `dvc exp run --queue -S method=M -S paradigm=P -S <compare.seed_param>=S -n <name> <target>`;
+   a point whose named experiment already exists is not queued again (its results are reused).
 3. `dvc exp run --run-all --jobs <compare.jobs>` runs the queue (local workers; no network).
 4. `dvc exp show --json` gives every experiment's params and metrics/evaluate.json; `build_tables` (pure) turns the
    grid's records into mean and t-interval over seeds per method (rows) x overall + per constraint category
@@ -291,7 +291,8 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
 
             fh.write(render_params_yaml(base))
         for m, p, s in todo:
-            _dvc(["exp", "run", "--queue", "-S", f"method={m}", "-S", f"paradigm={p}", "-S", f"{params.compare.seed_param}={s}",
+            _dvc(["exp", "run", "--queue", "-S", f"method={m}", "-S", f"paradigm={p}",
+                  "-S", f"{params.compare.seed_param}={s}",
                   "-n", exp_name(gid, m, p, s), params.compare.target], ws.root)
     finally:
         if original is not None:

@@ -192,16 +192,31 @@ def load_reward_model(spec: str | Path, cfg: Optional[ModelsConfig] = None, role
 
 
 def apply_autocast(model, mode: str, cfg: ModelsConfig) -> None:
-    """`mode` auto / bfloat16 / none (models.reward_autocast) for a model loaded in `cfg.dtype`: only float32
-    models are autocast (a bf16 model already runs bf16 matmuls)."""
-    if mode != "none" and cfg.dtype == "float32":
-        autocast_forward(model, required=mode == "bfloat16")
+    """Run `model`'s forward under `autocast_context(mode)` (models.reward_autocast) on whatever device it sits on
+    when called, returning float32 logits. Weights, gradients, the optimizer and saved checkpoints stay float32:
+    only the matmuls drop to bf16 (MiniLM training 1.46x faster on the 2-core AVX512-BF16 box, docs/benchmarks.md).
+    `none`, or a model not loaded in float32, leaves the module untouched."""
+    if mode == "none" or cfg.dtype != "float32":
+        return
+    inner = model.forward
+    first = next(model.parameters(), None)
+
+    @functools.wraps(inner)
+    def forward(*args, **kwargs):
+        with autocast_context(first.device.type if first is not None else "cpu", mode, cfg):
+            out = inner(*args, **kwargs)
+        if getattr(out, "logits", None) is not None:
+            out.logits = out.logits.float()
+        return out
+
+    model.forward = forward
 
 
 def autocast_context(device_type: str, mode: str, cfg: ModelsConfig):
-    """torch.autocast(bfloat16) for one region (sft.autocast around the SFT training forward), or a no-op: off for
-    `none`, for non-float32 models, and for `auto` where bf16 is not native. Unlike `autocast_forward` it leaves
-    the model itself alone, so the KV-cached sampler (which calls the layers directly) never mixes dtypes."""
+    """torch.autocast(bfloat16) for one region (sft.autocast around the SFT training forward; every RM forward via
+    `apply_autocast`), or a no-op: off for `none`, for non-float32 models, and for `auto` where bf16 is not native.
+    SFT uses the context, not a patched forward, because the KV-cached sampler calls the policy's layers directly
+    and must never mix dtypes."""
     import contextlib
 
     import torch
@@ -221,32 +236,6 @@ def native_bf16(device_type: str) -> bool:
     if device_type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
-
-
-def autocast_forward(model, required: bool = False) -> None:
-    """Run `model`'s forward under torch.autocast(bfloat16) on whatever device it sits on when called, returning
-    float32 logits. Weights, gradients, the optimizer and saved checkpoints stay float32: only the matmuls drop to
-    bf16 (measured on the 2-core AVX512-BF16 box: a MiniLM training step 1.6x faster, scoring 1.7x;
-    docs/benchmarks.md). `required` = autocast even where bf16 is emulated."""
-    import functools
-
-    import torch
-
-    inner = model.forward
-    first = next(model.parameters(), None)
-
-    @functools.wraps(inner)
-    def forward(*args, **kwargs):
-        device_type = first.device.type if first is not None else "cpu"
-        if not (required or native_bf16(device_type)):
-            return inner(*args, **kwargs)
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            out = inner(*args, **kwargs)
-        if getattr(out, "logits", None) is not None:
-            out.logits = out.logits.float()
-        return out
-
-    model.forward = forward
 
 
 def _from_pretrained(auto_cls, path: Path, role: str, cfg: ModelsConfig, **kwargs):
