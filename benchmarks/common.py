@@ -17,11 +17,13 @@ from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WS = Path(os.environ.get("GAPO_BENCH_WS", "/tmp/gapo-bench/ws"))
-# Reduced data so the workspace builds in ~30 s; models are the DEFAULT profile's (llama-small policy, MiniLM RM).
+# Reduced data so the workspace builds in ~30 s. The older benchmarks measure the toy profile's models (llama-small
+# policy, MiniLM RM); benchmarks/real_model.py passes profile=None for the default SmolLM2.
 WS_OVERRIDES = ["data.num_products=200", "data.test_prompts=60", "runtime.threads=1"]
+PROFILE = "toy"
 
 
-def gapo(ws: Path, *args: str, overrides: Optional[list[str]] = None, profile: Optional[str] = None) -> None:
+def gapo(ws: Path, *args: str, overrides: Optional[list[str]] = None, profile: Optional[str] = PROFILE) -> None:
     cmd = [str(Path(sys.executable).parent / "gapo"), "--workdir", str(ws)]
     if profile:
         cmd += ["--profile", profile]
@@ -43,7 +45,7 @@ def ensure_workspace(ws: Path = DEFAULT_WS, stages: tuple[str, ...] = ("prepare"
     return ws
 
 
-def load_params(overrides: Optional[list[str]] = None, profile: Optional[str] = None):
+def load_params(overrides: Optional[list[str]] = None, profile: Optional[str] = PROFILE):
     from gapo.config import load_params as lp
 
     return lp(ROOT / "params.yaml", list(WS_OVERRIDES) + list(overrides or []), profile)

@@ -301,7 +301,9 @@ def _backfill_mlflow(root: Path, parent: str | None) -> None:
 
         backfill_self_hashes(mlflow.MlflowClient(), parent, root)
     except Exception as exc:  # noqa: BLE001
-        print(f"gapo.tracking: warning: lineage backfill failed: {exc}", file=sys.stderr)
+        from gapo.redaction import redact_text
+
+        print(redact_text(f"gapo.tracking: warning: lineage backfill failed: {exc}"), file=sys.stderr)
 
 
 # -- MLflow parent run ---------------------------------------------------------------------------------------------
@@ -430,7 +432,9 @@ def gapo_pipeline(overrides: Optional[list[str]] = None, profile: Optional[str] 
         create_link_artifact(key="gapo-mlflow-run", link=parent["url"], link_text="MLflow pipeline run",
                              description=f"MLflow parent run {parent['run_id']} ({parent['tracking_uri']})")
     except Exception as exc:  # noqa: BLE001 - observability must not stop training
-        log.warning(f"MLflow parent run not created ({exc}); stages will track under their own parent")
+        from gapo.redaction import redact_text  # the exception quotes the tracking URI (Prefect stores this log)
+
+        log.warning(redact_text(f"MLflow parent run not created ({exc}); stages will track under their own parent"))
     env = {"GAPO_PREFECT_FLOW_RUN_ID": flow_run_id, "GAPO_PREFECT_FLOW_RUN_NAME": flow_run_name}
     with_url = getattr(rt_flow_run, "ui_url", None)
     if with_url:
@@ -478,7 +482,9 @@ def gapo_pipeline(overrides: Optional[list[str]] = None, profile: Optional[str] 
             try:
                 close_parent_run(root, parent["run_id"], error is None)
             except Exception as exc:  # noqa: BLE001
-                log.warning(f"MLflow parent run not closed: {exc}")
+                from gapo.redaction import redact_text
+
+                log.warning(redact_text(f"MLflow parent run not closed: {exc}"))
         create_markdown_artifact(key="gapo-summary", markdown=_summary_markdown(
             flow_run_name, results, rows, parent, root, error), description="GAPO pipeline summary")
     summary = {"results": results, "mlflow_parent_run_id": parent["run_id"] if parent else None}

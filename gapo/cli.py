@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from gapo.errors import GapoError
+from gapo.errors import INPUT_ERRORS, GapoError, describe_input_error, one_line
 
 # Stages that write the workspace's pipeline outputs. The wait (GAPO_WORKSPACE_LOCK_TIMEOUT_S, default 60 s) lets a
 # rerun start while the stage of a killed run is still shutting down (it got SIGTERM from the flow's death).
@@ -48,7 +48,43 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _workdir(text: str) -> Path:
+    """--workdir resolved; an existing path must be a directory (a missing one is created by the stage)."""
+    path = Path(text).expanduser()
+    try:
+        root = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise GapoError(f"--workdir {text}: cannot resolve ({exc})") from None
+    if root.exists() and not root.is_dir():
+        raise GapoError(f"--workdir {text}: is a file, expected the workspace directory")
+    return root
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """A duration in seconds from the environment: a finite number >= 0, else a one-line error."""
+    import math
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise GapoError(f"environment {name}={raw[:40]!r}: expected a number of seconds >= 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
+    from gapo.redaction import redacting_output
+
+    # Credentials in a URI never reach the terminal: not in our lines, nor in MLflow's or urllib3's warnings.
+    with redacting_output():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     from gapo import stages
     from gapo.config import load_params
     from gapo.paths import Workspace
@@ -62,17 +98,29 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(params_path if params_path.exists() or ns.params != "params.yaml" else None,
                              overrides, ns.profile)
         extra = {dest: getattr(ns, dest) for dest in spec.dests}
-        ws = Workspace(Path(ns.workdir).resolve())
+        ws = Workspace(_workdir(ns.workdir))
+        if ns.stage == "evaluate":  # --output / --samples never overwrite an input or a tracked file
+            from gapo.io import check_output_paths
+
+            check_output_paths({"--output": extra.get("output"), "--samples": extra.get("samples")},
+                               {"--input": extra.get("input_path"), "--responses": extra.get("responses_path"),
+                                "evaluate.input": params.evaluate.input, "--params": params_path,
+                                "the prepared input": ws.jsonl("ifeval", params.evaluate.split)}, ws.root)
         if ns.stage in LOCKED_STAGES:  # one writer per workspace (a dvc repro and a flow run must not interleave)
             from gapo.io import workspace_lock
 
-            wait = float(os.environ.get("GAPO_WORKSPACE_LOCK_TIMEOUT_S", "60"))
+            wait = _env_seconds("GAPO_WORKSPACE_LOCK_TIMEOUT_S", 60.0)
             with workspace_lock(ws.root, "stage", f"gapo {ns.stage}", timeout_s=wait):
                 result = spec.fn(params, ws, **extra)
         else:
             result = spec.fn(params, ws, **extra)
     except GapoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except INPUT_ERRORS as exc:  # the input or the machine, not a bug: one line too (GAPO_TRACEBACK=1 to debug)
+        if os.environ.get("GAPO_TRACEBACK", "").strip() not in ("", "0"):
+            raise
+        print(f"error: {one_line(describe_input_error(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

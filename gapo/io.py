@@ -11,9 +11,14 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+# (temp file, target) pairs staged by `all_or_nothing` in this thread; None when no block is open.
+_STAGED = threading.local()
 
 
 def _umask() -> int:
@@ -42,10 +47,106 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        staged = getattr(_STAGED, "items", None)
+        if staged is not None:  # inside all_or_nothing(): renamed with the others when the block succeeds
+            staged.append((tmp, path))
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Outputs of several files that land together or not at all: inside the block every `atomic_file` (hence
+    write_json / write_jsonl) writes its temp sibling and waits; when the block ends without error all of them are
+    renamed into place, one after the other; on any error every temp file is deleted and no target changes (a
+    failure writing --samples leaves --output as it was). Nested blocks join the outer one."""
+    if getattr(_STAGED, "items", None) is not None:
+        yield
+        return
+    _STAGED.items = []
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in _STAGED.items:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        staged, _STAGED.items = _STAGED.items, None
+    for tmp, path in staged:
+        os.replace(tmp, path)
+
+
+def _git_tracked(path: Path) -> bool:
+    """Whether git tracks `path` (False where git or a repository is missing)."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--error-unmatch", "--", path.name], cwd=path.parent,
+                             capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
+
+
+def _dvc_outs(root: Path) -> list[tuple[str, Path]]:
+    """(stage, output path) of every stage in <root>/dvc.yaml."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages") or {}
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        return []
+    out = []
+    for name, spec in stages.items() if isinstance(stages, dict) else []:
+        for key in ("outs", "metrics", "plots"):
+            for item in (spec or {}).get(key) or [] if isinstance(spec, dict) else []:
+                rel = next(iter(item)) if isinstance(item, dict) else item
+                if isinstance(rel, str):
+                    out.append((name, (root / rel).resolve()))
+    return out
+
+
+def check_output_paths(outputs: dict[str, Any], inputs: dict[str, Any], root: str | os.PathLike,
+                       stage: str = "evaluate") -> None:
+    """Refuse, before anything runs, an output path (a CLI flag -> path) that would overwrite something it must not:
+    a directory or non-regular file, one of the command's `inputs`, another output of the same call, a file git
+    tracks or a `*.dvc`-tracked file, the workspace's params.yaml / dvc.yaml / dvc.lock, or an output DVC assigns
+    to another stage than `stage`. Raises one-line GapoError naming the flag and the path."""
+    from gapo.errors import GapoError
+
+    root = Path(root).resolve()
+    def real(p: Any) -> Path:
+        return Path(p).expanduser().resolve()
+
+    taken: dict[Path, str] = {}
+    for flag, out in outputs.items():
+        if not out:
+            continue
+        p = Path(out).expanduser()
+        if p.is_dir():
+            raise GapoError(f"{flag} {out}: is a directory, expected a file path")
+        if p.exists() and not p.is_file():
+            raise GapoError(f"{flag} {out}: not a regular file (a FIFO, socket or device)")
+        if p.parent.exists() and not p.parent.is_dir():
+            raise GapoError(f"{flag} {out}: {p.parent} is not a directory")
+        rp = real(p)
+        for iflag, inp in inputs.items():
+            if inp and real(inp) == rp:
+                raise GapoError(f"{flag} {out}: is the {iflag} file; refusing to overwrite an input (write elsewhere)")
+        if rp in taken:
+            raise GapoError(f"{flag} {out}: the same file as {taken[rp]}")
+        taken[rp] = flag
+        if rp.parent == root and rp.name in ("params.yaml", "dvc.yaml", "dvc.lock"):
+            raise GapoError(f"{flag} {out}: is the workspace's {rp.name}; refusing to overwrite it")
+        if Path(str(rp) + ".dvc").exists():
+            raise GapoError(f"{flag} {out}: DVC tracks it ({rp.name}.dvc); refusing to overwrite it")
+        for owner, dvc_out in _dvc_outs(root):
+            if owner != stage and (rp == dvc_out or dvc_out in rp.parents):
+                raise GapoError(f"{flag} {out}: is an output of the `{owner}` stage in dvc.yaml; refusing to "
+                                "overwrite it")
+        if rp.exists() and _git_tracked(rp):
+            raise GapoError(f"{flag} {out}: git tracks this file; refusing to overwrite it (write elsewhere)")
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ Heavy imports happen inside the functions so `gapo --help` stays fast.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -47,10 +48,12 @@ def prepare(params: Params, ws: Workspace) -> dict:
 
 
 def evaluate(params: Params, ws: Workspace, input_path: str | None = None, responses_path: str | None = None,
-             output: str | None = None, samples: str | None = None) -> dict:
+             output: str | None = None, samples: str | None = None, compare_sft: bool | None = None) -> dict:
     from gapo.eval.evaluate import run_evaluate
+    from gapo.io import all_or_nothing
 
-    return run_evaluate(params, ws, input_path, responses_path, output, samples)
+    with all_or_nothing():  # metrics, samples and figures all land, or none (a failed write undoes the others)
+        return run_evaluate(params, ws, input_path, responses_path, output, samples, compare_sft)
 
 
 def models(params: Params, ws: Workspace) -> dict:
@@ -119,6 +122,9 @@ STAGES: dict[str, StageSpec] = {
                          "help": "metrics file (default: metrics/evaluate.json when generating; none when scoring)"}),
         (("--samples",), {"default": None, "metavar": "SAMPLES.jsonl",
                           "help": "per-prompt verdicts (default: reports/eval_samples.jsonl when generating)"}),
+        (("--compare-sft",), {"dest": "compare_sft", "action": argparse.BooleanOptionalAction, "default": None,
+                              "help": "also generate with checkpoints/sft on the same prompts and write the paired "
+                                      "final-vs-SFT comparison (vs_sft); default: params.evaluate.compare_sft"}),
     ]),
 }
 

@@ -28,10 +28,99 @@ def _short(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+# JSON nested deeper than this is refused before Python's parser would hit its recursion limit.
+MAX_JSON_DEPTH = 64
+
+
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:  # json.loads would keep the last one silently
+            raise _DuplicateField(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateField(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _depth_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than `limit` (a linear scan, no recursion)."""
+    depth, in_str, esc = 0, False, False
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def parse_json_line(text: str, where: str) -> Any:
+    """One JSON value of a jsonl line, or a one-line DataError naming `where`: invalid JSON, a field given twice in
+    one object, nesting deeper than MAX_JSON_DEPTH, an integer too long to parse, or a lone surrogate (text that is
+    not Unicode and could never be written back as UTF-8)."""
+    if _depth_exceeds(text, MAX_JSON_DEPTH):
+        raise DataError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        obj = json.loads(text, object_pairs_hook=_unique_fields)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except _DuplicateField as exc:
+        raise DataError(f"{where}: field {_short(repr(exc.key), 60)}: given twice in one object (JSON would keep "
+                        "the last one silently)") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # int('9' * 5000): Python's limit on digits
+        raise DataError(f"{where}: invalid JSON ({_short(exc, 120)})") from None
+    if "\\u" in text or "\\U" in text:
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(f"{where}: a string holds a lone surrogate {exc.object[exc.start]!r} (\\u escape of "
+                            "half a UTF-16 pair; not valid Unicode text)") from None
+    return obj
+
+
+def open_input(path: Path):
+    """`open(path, "rb")` for a regular file, else a one-line DataError (a directory, FIFO or device, a symlink loop,
+    no permission); a FIFO is never opened (that would block until something writes to it)."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: is a directory, expected a .jsonl file")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file (a FIFO, socket or device), expected a .jsonl file")
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def iter_jsonl(path: Path, max_line_bytes: int) -> Iterator[tuple[int, Any]]:
     """(line number, parsed object) for every non-blank line; DataError on the first bad line."""
     n_objects = 0
-    with open(path, "rb") as fh:
+    with open_input(path) as fh:
         lineno = 0
         while True:
             raw = fh.readline(max_line_bytes + 2)
@@ -49,10 +138,7 @@ def iter_jsonl(path: Path, max_line_bytes: int) -> Iterator[tuple[int, Any]]:
                                 "of the line)") from None
             if not text.strip():
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path} line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            obj = parse_json_line(text, f"{path} line {lineno}")
             n_objects += 1
             yield lineno, obj
     if n_objects == 0:
@@ -108,8 +194,9 @@ def load_source(kind: str, path_str: str, param: str, max_line_bytes: int, seed:
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     entries: list[tuple[Optional[str], str, Any]] = []   # (split or None, where, record)
     if not path.exists():
-        raise DataError(f"{path}: file not found (data.user.{param})")
-    if path.is_file():
+        why = "symlink loop or dangling symlink" if path.is_symlink() else "file not found"
+        raise DataError(f"{path}: {why} (data.user.{param})")
+    if not path.is_dir():
         for lineno, obj in iter_jsonl(path, max_line_bytes):
             entries.append((None, f"{path} line {lineno}", obj))
     elif (path / "dataset_dict.json").exists() or (path / "state.json").exists():
@@ -130,8 +217,9 @@ def load_source(kind: str, path_str: str, param: str, max_line_bytes: int, seed:
     first_line: dict[int, str] = {}
     for index, (split, where, rec) in enumerate(entries):
         rec = _check(kind, rec, where, index, verify)
-        if kind == "ifeval":
-            # lm-eval identifies prompts by key; two prompts with one key would overwrite each other's scores.
+        if True:
+            # lm-eval identifies prompts by key (two prompts with one key would overwrite each other's scores), and
+            # a key given twice in sft / pp / pr data would repeat its rows.
             if rec["key"] in first_line:
                 raise DataError(f"{where}: field 'key': duplicate key {rec['key']} (first at {first_line[rec['key']]})")
             first_line[rec["key"]] = where
@@ -141,12 +229,38 @@ def load_source(kind: str, path_str: str, param: str, max_line_bytes: int, seed:
     return out
 
 
+def _signature(path: Path) -> tuple:
+    """(name, size, mtime) of a source's files: a validated source is reused only while none of them changed."""
+    try:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    except OSError:
+        return ()
+
+
+# Validated sources by (arguments, file signature): gapo.preflight validates user files before the MLflow run opens
+# and the stage then loads them again; the second load is this lookup. Small: a process loads a few sources.
+_VALIDATED: dict[tuple, dict[str, list[dict]]] = {}
+
+
 def load_user_data(user_cfg, seed: int, validation_fraction: float) -> dict[str, dict[str, list[dict]]]:
     """{kind: {split: records}} for every source set in `data.user`."""
+    import copy
+
     loaded = {}
     for param, kind in USER_KINDS.items():
         path = getattr(user_cfg, param)
         if path:
-            loaded[kind] = load_source(kind, path, param, user_cfg.max_line_bytes, seed, validation_fraction,
-                                       user_cfg.verify)
+            sig = _signature(Path(path).expanduser())
+            key = (kind, str(path), param, user_cfg.max_line_bytes, seed, validation_fraction, user_cfg.verify, sig)
+            if not sig or key not in _VALIDATED:
+                result = load_source(kind, path, param, user_cfg.max_line_bytes, seed, validation_fraction,
+                                     user_cfg.verify)
+                if sig:
+                    if len(_VALIDATED) >= 8:
+                        _VALIDATED.clear()
+                    _VALIDATED[key] = result
+                loaded[kind] = copy.deepcopy(result) if sig else result
+            else:
+                loaded[kind] = copy.deepcopy(_VALIDATED[key])
     return loaded

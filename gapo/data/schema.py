@@ -9,10 +9,12 @@ Validation raises `RecordError(field, expectation)`; the loader adds the file an
 """
 from __future__ import annotations
 
+import random
 import re
 from typing import Any, Callable
 
 from gapo.data import constraints as C
+from gapo.data.ifeval_checkers import MAX_CHECK_CHARS, MAX_PATTERN_CHARS, PATTERN_ARGS, REGEX_SYNTAX
 
 KINDS = ("sft", "pp", "rm", "pr", "ifeval")
 
@@ -66,24 +68,66 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# Integers are stored as int64 (the HF dataset schema, torch): a larger one would overflow when written.
+MAX_INT = 2**63 - 1
+# Text fields that the IFEval checkers verify (gapo.data.ifeval_checkers.MAX_CHECK_CHARS bounds their cost).
+CHECKED_TEXT = ("completion", "response", "chosen", "rejected")
+# Instructions per record (Google's IFEval has at most 6; our catalogue 4).
+MAX_INSTRUCTIONS = 32
+
+
+def _int_range(where: str, v: int) -> None:
+    if not -MAX_INT - 1 <= v <= MAX_INT:
+        raise RecordError(where, f"integer out of range (a 64-bit integer, |value| < 2**63), got {_short_repr(v)}")
+
+
+def _short_repr(v: Any, n: int = 60) -> str:
+    text = repr(v) if not (_is_int(v) and v.bit_length() > 200) else \
+        f"an integer of about {int(v.bit_length() * 0.30103) + 1} digits"
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def _check_kwarg(iid: str, name: str, value: Any, where: str) -> None:
     expected = C.KWARG_TYPES[name]
     if expected is int:
         if not _is_int(value):
-            raise RecordError(where, f"expected an integer, got {_tname(value)} {value!r}")
+            raise RecordError(where, f"expected an integer, got {_tname(value)} {_short_repr(value)}")
+        _int_range(where, value)
         if value < 1:
             # lm-eval drops falsy arguments and then picks a random value: 0 would make the check random.
             raise RecordError(where, f"expected a positive integer, got {value}")
     elif expected is str:
         if not isinstance(value, str) or not value.strip():
-            raise RecordError(where, f"expected a non-empty string, got {_tname(value)} {value!r}")
+            raise RecordError(where, f"expected a non-empty string, got {_tname(value)} {_short_repr(value)}")
     elif expected is list:
         if not isinstance(value, list) or not value or not all(isinstance(x, str) and x.strip() for x in value):
-            raise RecordError(where, f"expected a non-empty list of non-empty strings, got {value!r}")
+            raise RecordError(where, f"expected a non-empty list of non-empty strings, got {_short_repr(value)}")
     if name in ("relation", "let_relation", "capital_relation") and value not in C.RELATIONS:
-        raise RecordError(where, f"expected one of {list(C.RELATIONS)}, got {value!r}")
+        raise RecordError(where, f"expected one of {list(C.RELATIONS)}, got {_short_repr(value)}")
     if name == "letter" and not (len(value) == 1 and "a" <= value.lower() <= "z"):
-        raise RecordError(where, f"expected one letter a-z, got {value!r}")
+        raise RecordError(where, f"expected one letter a-z, got {_short_repr(value)}")
+    if name in PATTERN_ARGS:
+        # lm-eval compiles these into regular expressions (gapo.data.ifeval_checkers: escaped when not literal)
+        for item in (value if isinstance(value, list) else [value]):
+            if len(item) > MAX_PATTERN_CHARS:
+                raise RecordError(where, f"{len(item)} characters; at most {MAX_PATTERN_CHARS} (lm-eval makes it "
+                                         "part of a regular expression)")
+            bad = sorted(REGEX_SYNTAX.intersection(item))
+            if bad:
+                # lm-eval would compile it: `soft(ness` crashes the checker, `(a+)+$` backtracks for minutes
+                raise RecordError(where, f"{_short_repr(item)} is not a valid pattern for the IFEval checker: lm-eval "
+                                         f"uses it as a regular expression; give plain text (no {' '.join(bad)})")
+    if name == "language":
+        codes = _language_codes()
+        if value not in codes:
+            raise RecordError(where, f"unknown language code {_short_repr(value)} (IFEval knows: "
+                                     f"{', '.join(sorted(codes))})")
+
+
+def _language_codes() -> dict:
+    from gapo.data.ifeval_checkers import util
+
+    return util().LANGUAGE_CODES
 
 
 def validate_constraints(ids: Any, kwargs: Any, ids_field: str, kwargs_field: str, allow_empty: bool) -> None:
@@ -93,6 +137,8 @@ def validate_constraints(ids: Any, kwargs: Any, ids_field: str, kwargs_field: st
         raise RecordError(ids_field, f"expected a list of IFEval instruction ids, got {_tname(ids)}")
     if not ids and not allow_empty:
         raise RecordError(ids_field, "expected at least one instruction id, got an empty list")
+    if len(ids) > MAX_INSTRUCTIONS:  # bounds the checking cost of one record (docs/reliability.md)
+        raise RecordError(ids_field, f"{len(ids)} instructions; at most {MAX_INSTRUCTIONS} per record")
     for i, iid in enumerate(ids):
         if not isinstance(iid, str):
             raise RecordError(f"{ids_field}[{i}]", f"expected a string, got {_tname(iid)}")
@@ -120,12 +166,21 @@ def validate_constraints(ids: Any, kwargs: Any, ids_field: str, kwargs_field: st
         if missing:
             raise RecordError(where, f"missing argument(s) {', '.join(missing)} for {iid} "
                                      "(IFEval would pick a random value)")
+        if "nth_paragraph" in kw and "num_paragraphs" in kw and kw["nth_paragraph"] > kw["num_paragraphs"]:
+            raise RecordError(f"{where}.nth_paragraph", f"{kw['nth_paragraph']} > num_paragraphs "
+                                                        f"{kw['num_paragraphs']} (IFEval would pick a random value)")
+        state = random.getstate()
         try:
             C.build_checker(iid, kw).check_following("A probe sentence, with a comma.")
         except re.error as exc:
             raise RecordError(where, f"arguments of {iid} are not a valid pattern for the IFEval checker ({exc})")
-        except (TypeError, ValueError) as exc:
-            raise RecordError(where, f"arguments rejected by the IFEval checker for {iid} ({exc})")
+        except (TypeError, ValueError, KeyError) as exc:
+            raise RecordError(where, f"arguments rejected by the IFEval checker for {iid} ({_short_repr(exc, 200)})")
+        drew = random.getstate() != state
+        random.setstate(state)
+        if drew:  # any argument the checker replaced by a random draw: its verdict would change from run to run
+            raise RecordError(where, f"arguments of {iid} that IFEval replaces by a random value "
+                                     f"({_short_repr(kw, 120)}); the score would not be reproducible")
 
 
 def validate_record(kind: str, rec: Any, allow_empty_constraints: bool = False) -> None:
@@ -141,13 +196,22 @@ def validate_record(kind: str, rec: Any, allow_empty_constraints: bool = False) 
             if not v.strip():
                 raise RecordError(name, "expected a non-empty string, got an empty one")
         elif tag == "int" and not _is_int(v):
-            raise RecordError(name, f"expected an integer, got {_tname(v)} {v!r}")
+            raise RecordError(name, f"expected an integer, got {_tname(v)} {_short_repr(v)}")
+        elif tag == "int":
+            _int_range(name, v)
         elif tag == "label" and not (_is_int(v) and v in (0, 1)):
             raise RecordError(name, f"expected 0 or 1, got {v!r}")
         elif tag == "perturbation" and v not in ("modify", "insert", "user"):
             raise RecordError(name, f"expected 'modify' or 'insert', got {v!r}")
         elif tag == "iid" and not isinstance(v, str):
             raise RecordError(name, f"expected an instruction id string, got {_tname(v)}")
+        if name in CHECKED_TEXT and isinstance(v, str) and len(v) > MAX_CHECK_CHARS:
+            raise RecordError(name, f"{len(v)} characters; the IFEval checkers verify at most {MAX_CHECK_CHARS} "
+                                    "(docs/reliability.md)")
+    # Contradictions: the same input labelled both chosen (1) and rejected (0)
+    same = {"pp": ("chosen_prompt", "rejected_prompt"), "pr": ("chosen", "rejected")}.get(kind)
+    if same and " ".join(rec[same[0]].split()) == " ".join(rec[same[1]].split()):
+        raise RecordError(same[1], f"the same text as {same[0]}: one input labelled both chosen and rejected")
     for ids_field, kwargs_field in CONSTRAINT_FIELDS[kind]:
         validate_constraints(rec[ids_field], rec[kwargs_field], ids_field, kwargs_field,
                              allow_empty_constraints and kind not in ("ifeval", "pp"))

@@ -8,14 +8,19 @@ Two modes (`gapo evaluate`):
   or a `models:/name@alias` URI; default checkpoints/final/policy), score the responses, and add the reward
   model's accuracy/AUC on the test preferential-prompt pairs (data/rm/<split>.jsonl, RM from
   checkpoints/final/reward), the KL of the policy to the SFT reference (checkpoints/sft) on its own
-  responses, and the mean response length. Writes metrics/evaluate.json (or `--output`) and
-  reports/eval_samples.jsonl (or `--samples`).
+  responses, and the mean response length. With `evaluate.compare_sft` (default) the SFT policy also answers the
+  same prompts with the same decoding, and `vs_sft` holds the paired comparison (gapo.eval.paired; figure
+  reports/paired_vs_sft.png). Writes metrics/evaluate.json (or `--output`) and reports/eval_samples.jsonl
+  (or `--samples`).
 
 The metrics file carries lm-eval's four key names at the top level, `by_instruction` / `by_category`
-breakdowns (gapo.eval.scoring.aggregate) and, in generation mode, `rm_*`, `kl_to_sft`, `mean_response_tokens`.
+breakdowns (gapo.eval.scoring.aggregate), `randomised_kwargs` (arguments the checkers would have drawn at random,
+scored with the draw seeded by the record key), in scoring-only mode `ignored_responses`, and in generation mode
+`rm_*`, `kl_to_sft`, `mean_response_tokens` and `vs_sft`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -71,6 +76,10 @@ def score_only(params: Params, ws: Workspace, input_path: str | None, responses_
     path = resolve_input(params, ws, input_path)
     report, verdicts = score_files(path, responses_path, params.data.user.max_line_bytes)
     report = {"mode": "score_only", "input": str(path), "responses": str(responses_path), **report}
+    if report["ignored_responses"]:
+        _note(f"{report['ignored_responses']} response(s) in {responses_path} answer prompts that {path} does not "
+              "hold: ignored, as IFEval's evaluation_main ignores them")
+    _note_randomised(report["randomised_kwargs"])
     if output:
         write_json(output, report)
     if samples:
@@ -79,8 +88,11 @@ def score_only(params: Params, ws: Workspace, input_path: str | None, responses_
 
 
 def run_evaluate(params: Params, ws: Workspace, input_path: str | None = None, responses_path: str | None = None,
-                 output: str | None = None, samples: str | None = None) -> dict:
-    """The `evaluate` stage: scoring only when `responses_path` is given, else generation (module docstring)."""
+                 output: str | None = None, samples: str | None = None, compare_sft: bool | None = None) -> dict:
+    """The `evaluate` stage: scoring only when `responses_path` is given, else generation (module docstring).
+    `compare_sft` (the CLI's --compare-sft / --no-compare-sft) overrides params.evaluate.compare_sft."""
+    if compare_sft is not None:
+        params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"compare_sft": compare_sft})})
     if responses_path is not None:
         return score_only(params, ws, input_path, responses_path, output, samples)
     return generate_and_score(params, ws, input_path, output, samples)
@@ -183,8 +195,14 @@ def _note(msg: str) -> None:
     print(f"gapo evaluate: {msg}", file=sys.stderr, flush=True)
 
 
+def _note_randomised(n: int) -> None:
+    if n:
+        _note(f"{n} checker argument(s) would be drawn at random by IFEval's checkers (a `letter` that is not a "
+              "letter): scored with lm-eval's draw after random.seed(record key), so the file always scores the same")
+
+
 def generate_responses(model, tokenizer, prompts: Sequence[str], cfg, max_new_tokens: int, seed: int,
-                       reference=None) -> list[dict]:
+                       reference=None, models_cfg=None) -> list[dict]:
     """Greedy (or sampled) responses to `prompts` with the shared sampler, in input order.
 
     Each row: `response` (text), `response_tokens` (generated ids, the stop id included), `stopped` (ended on
@@ -207,11 +225,22 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], cfg, max_new_to
     ids = [f if prompt_max is None or len(f) <= prompt_max else encode_prompt(p, tokenizer, prompt_max)
            for f, p in zip(full, prompts)]
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    decoder = model
+    from gapo.models.loading import autocast_context
+
+    from gapo.config import ModelsConfig
+
+    if not isinstance(autocast_context(next(model.parameters()).device.type, cfg.autocast,
+                                       models_cfg or ModelsConfig()),
+                      contextlib.nullcontext):
+        from gapo.train.sampler import bf16_decoder
+
+        decoder = bf16_decoder(model)
     rows: list[Optional[dict]] = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))  # similar lengths share a batch: less padding
     for start in range(0, len(order), cfg.batch_size):
         batch = order[start:start + cfg.batch_size]
-        s = sample(model, [ids[i] for i in batch], max_new_tokens, stops, pad, greedy=cfg.greedy,
+        s = sample(decoder, [ids[i] for i in batch], max_new_tokens, stops, pad, greedy=cfg.greedy,
                    temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, generator=generator)
         lengths = s.response_lengths.tolist()
         kl = kl_per_row(model, reference, s, max(1, min(8, cfg.batch_size))) if reference is not None else None
@@ -234,7 +263,7 @@ def generate_and_score(params: Params, ws: Workspace, input_path: str | None, ou
     """Generation mode: see the module docstring. Returns the metrics written to metrics/evaluate.json."""
     from gapo import runtime
     from gapo.eval.plots import make_report_plots
-    from gapo.eval.scoring import aggregate, load_inputs, score
+    from gapo.eval.scoring import aggregate, load_inputs, randomised_count, score
     from gapo.io import write_json, write_jsonl
     from gapo.models.loading import load_policy, load_reward_model
 
@@ -260,19 +289,41 @@ def generate_and_score(params: Params, ws: Workspace, input_path: str | None, ou
         reference.to(device).eval()
     else:
         skipped["kl_to_sft"] = f"no SFT checkpoint at {ws.sft}"
+        if cfg.compare_sft:
+            skipped["vs_sft"] = f"no SFT checkpoint at {ws.sft}"
 
-    rows = generate_responses(model, tok, [inp.prompt for inp in inputs], cfg, cfg.max_new_tokens, params.seed,
-                              reference)
-    del model, reference
+    prompts = [inp.prompt for inp in inputs]
+    rows = generate_responses(model, tok, prompts, cfg, cfg.max_new_tokens, params.seed, reference, params.models)
+    del model
+    sft_rows = None
+    if cfg.compare_sft and reference is not None:  # same prompts, decoding and seed: one pair per prompt
+        sft_rows = generate_responses(reference, ref_tok, prompts, cfg, cfg.max_new_tokens, params.seed,
+                                      models_cfg=params.models)
+    del reference
     verdicts = score(inputs, [r["response"] for r in rows])
     report: dict[str, Any] = {"mode": "generate", "input": _shown(path, ws),
                               "model": spec if spec.startswith("models:/") else _shown(spec, ws), **aggregate(verdicts)}
+    report["randomised_kwargs"] = randomised_count(inputs)
+    _note_randomised(report["randomised_kwargs"])
     report["mean_response_tokens"] = _mean([r["response_tokens"] for r in rows])
     report["stopped_fraction"] = _mean([float(r["stopped"]) for r in rows])
     report["num_prompts_truncated"] = sum(r["prompt_truncated"] for r in rows)
     if "kl_to_sft" not in skipped:
         report["kl_to_sft"] = _mean([r["kl_to_sft"] for r in rows])
         report["kl_to_sft_seq"] = _mean([r["kl_to_sft_seq"] for r in rows])
+    if sft_rows is not None:
+        from gapo.eval.paired import compare
+
+        sft_verdicts = score(inputs, [r["response"] for r in sft_rows])
+        report["vs_sft"] = {"reference": _shown(ws.sft, ws),
+                            **compare(verdicts, sft_verdicts, [r["response_tokens"] for r in rows],
+                                      [r["response_tokens"] for r in sft_rows], cfg.paired_resamples, params.seed)}
+        for row, sv, sr in zip(rows, sft_verdicts, sft_rows):
+            row.update({"sft_response": sr["response"], "sft_response_tokens": sr["response_tokens"],
+                        "sft_follow_all_instructions_strict": bool(sv["prompt_level_strict_acc"]),
+                        "sft_follow_all_instructions_loose": bool(sv["prompt_level_loose_acc"]),
+                        "sft_follow_instruction_list_strict": [bool(x) for x in sv["inst_level_strict_acc"]],
+                        "sft_follow_instruction_list_loose": [bool(x) for x in sv["inst_level_loose_acc"]]})
 
     rm_dir, rm_data = ws.final / "reward", ws.jsonl("rm", cfg.split)
     if rm_dir.is_dir():
@@ -305,11 +356,16 @@ def generate_and_score(params: Params, ws: Workspace, input_path: str | None, ou
     write_json(out, report)
     write_jsonl(sample_path, sample_records(verdicts, {i: r for i, r in enumerate(rows)}))
     try:
-        figures = [str(p) for p in make_report_plots(ws)]
+        figures = [str(p) for p in make_report_plots(ws, report)]
     except DataError as exc:  # a malformed curve file must not throw away a finished evaluation
         _note(f"plots skipped: {exc}")
         figures = []
-    return {"metrics": str(out), "samples": str(sample_path), "figures": figures,
-            **{k: report[k] for k in ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc",
-                                      "inst_level_loose_acc", "num_prompts")},
-            **{k: report.get(k) for k in ("kl_to_sft", "rm_accuracy", "rm_auc", "mean_response_tokens")}}
+    summary = {"metrics": str(out), "samples": str(sample_path), "figures": figures,
+               **{k: report[k] for k in ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc",
+                                         "inst_level_loose_acc", "num_prompts")},
+               **{k: report.get(k) for k in ("kl_to_sft", "rm_accuracy", "rm_auc", "mean_response_tokens")}}
+    if "vs_sft" in report:
+        cell = report["vs_sft"]["prompt_level_strict_acc"]
+        summary["vs_sft_prompt_level_strict_acc"] = {k: cell[k] for k in ("final", "sft", "delta", "ci95_low",
+                                                                          "ci95_high", "p_mcnemar", "p_bootstrap")}
+    return summary

@@ -5,14 +5,17 @@ fool_rate, mean_reward, kl, entropy, verifier_pass_rate, hack_gap`, optionally `
 gapo.train.adversarial writes it; plots/sft_loss.csv and plots/rm_loss.csv:
 `step, loss`). Outputs go to reports/: `adversarial_dynamics.png` (four panels: the discriminator, the
 generator, reward against the verifier, drift from the reference) and `loss_curves.png`. Empty cells read
-as NaN and are skipped, so a round without a verifier still plots. Matplotlib runs on the Agg backend and
+as NaN and are skipped, so a round without a verifier still plots. `paired_vs_sft.png` is drawn from the `vs_sft`
+block of metrics/evaluate.json (gapo.eval.paired.compare): both policies' accuracies, the paired differences with
+their 95% intervals, and the difference per instruction id. Matplotlib runs on the Agg backend and
 PNGs carry no timestamp, so the same CSV gives the same bytes.
 
 API
     read_curve_csv(path, required) -> dict[column, list[float]]
     plot_adversarial(csv_path, out_path) -> Path
     plot_losses({"SFT": csv, "reward model": csv}, out_path) -> Path
-    make_report_plots(ws) -> list[Path]     every figure whose CSV exists
+    plot_paired(vs_sft | None, out_path, note) -> Path    the final-vs-SFT figure (or one saying why there is none)
+    make_report_plots(ws, evaluate_metrics=None) -> list[Path]     every figure whose CSV exists (+ the paired one)
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ from gapo.errors import DataError
 ADVERSARIAL_COLUMNS = ("round", "rm_acc_fakes", "rm_auc", "fool_rate", "mean_reward", "kl", "entropy",
                        "verifier_pass_rate", "hack_gap")
 LOSS_COLUMNS = ("step", "loss")
+PAIRED_FIGURE = "paired_vs_sft.png"
+PAIRED_METRICS = (("prompt_level_strict_acc", "prompt\nstrict"), ("prompt_level_loose_acc", "prompt\nloose"),
+                  ("inst_level_strict_acc", "instruction\nstrict"), ("inst_level_loose_acc", "instruction\nloose"))
 
 
 def read_curve_csv(path: str | os.PathLike, required: Sequence[str]) -> dict[str, list[float]]:
@@ -176,8 +182,81 @@ def plot_losses(curves: Mapping[str, str | os.PathLike], out_path: str | os.Path
     return _save(fig, out_path)
 
 
-def make_report_plots(ws) -> list[Path]:
-    """Every figure whose input CSV exists in ws.plots, written to ws.reports."""
+def _p(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}" if value >= 1e-3 else f"{value:.1e}"
+
+
+def plot_paired(vs_sft: Mapping | None, out_path: str | os.PathLike, note: str = "") -> Path:
+    """Final policy against SFT on the same prompts (the `vs_sft` block of metrics/evaluate.json).
+
+    Three panels: the four IFEval accuracies of both; final − SFT in percentage points with the paired-bootstrap
+    95% interval (p-values: exact McNemar for the prompt level, bootstrap for all); instruction-level strict
+    final − SFT per instruction id. Without a block (`vs_sft` None) the figure says why (`note`), so the DVC
+    output always exists.
+    """
+    plt = _pyplot()
+    if not vs_sft:
+        fig, ax = plt.subplots(figsize=(7, 2.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"No paired final-vs-SFT comparison:\n{note or 'not run'}", ha="center", va="center",
+                fontsize=11, wrap=True)
+        return _save(fig, out_path)
+    by_id = vs_sft.get("by_instruction") or {}
+    ids = sorted(by_id, key=lambda k: (by_id[k]["delta_inst_level_strict_acc"], k))
+    height = max(4.8, 0.3 * len(ids) + 1.8)
+    fig, axes = plt.subplots(1, 3, figsize=(18, height), gridspec_kw={"width_ratios": [1.0, 1.25, 1.25]})
+    names = [label for _, label in PAIRED_METRICS]
+    x = list(range(len(PAIRED_METRICS)))
+    ax = axes[0]
+    for offset, who, color, hatch in ((-0.2, "sft", "tab:gray", ""), (0.2, "final", "tab:blue", "//")):
+        vals = [vs_sft[m][who] for m, _ in PAIRED_METRICS]
+        bars = ax.bar([i + offset for i in x], vals, width=0.4, color=color, hatch=hatch, edgecolor="black",
+                      label="SFT policy" if who == "sft" else "final policy")
+        for bar, v in zip(bars, vals):
+            ax.text(bar.get_x() + bar.get_width() / 2, v + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set(xticks=x, xticklabels=names, ylim=(0, 1.08), ylabel="accuracy",
+           title=f"IFEval accuracy on the same {vs_sft['n_prompts']} prompts")
+    ax.legend(fontsize=8, loc="upper right")
+    ax = axes[1]
+    for i, (m, _) in enumerate(PAIRED_METRICS):
+        c = vs_sft[m]
+        d, lo, hi = 100 * c["delta"], 100 * c["ci95_low"], 100 * c["ci95_high"]
+        ax.errorbar([i], [d], yerr=[[d - lo], [hi - d]], fmt="o", color="tab:blue", capsize=6, markersize=7)
+        label = f"{d:+.1f}\n[{lo:+.1f}, {hi:+.1f}]\np_boot={_p(c['p_bootstrap'])}"
+        if "p_mcnemar" in c:
+            label += f"\np_McNemar={_p(c['p_mcnemar'])}"
+        ax.annotate(label, (i, hi), textcoords="offset points", xytext=(0, 6), ha="center", va="bottom", fontsize=7)
+    ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
+    lows = [100 * vs_sft[m]["ci95_low"] for m, _ in PAIRED_METRICS]
+    highs = [100 * vs_sft[m]["ci95_high"] for m, _ in PAIRED_METRICS]
+    span = max(max(highs) - min(lows), 2.0)
+    ax.set(xticks=x, xticklabels=names, xlim=(-0.6, len(x) - 0.4), ylim=(min(lows + [0]) - 0.15 * span,
+                                                                          max(highs + [0]) + 0.55 * span),
+           ylabel="final − SFT (percentage points)",
+           title=f"Paired difference, 95% bootstrap CI ({vs_sft.get('resamples', '?')} resamples)")
+    ax = axes[2]
+    if ids:
+        deltas = [100 * by_id[k]["delta_inst_level_strict_acc"] for k in ids]
+        colors = ["tab:green" if v > 0 else "tab:red" if v < 0 else "tab:gray" for v in deltas]
+        ax.barh(range(len(ids)), deltas, color=colors, edgecolor="black", linewidth=0.5)
+        ax.set_yticks(range(len(ids)), [f"{k} (n={by_id[k]['count']})" for k in ids], fontsize=7)
+        ax.axvline(0.0, color="grey", linestyle=":", linewidth=1)
+        reach = 1.1 * max([abs(v) for v in deltas] + [5.0])
+        ax.set_xlim(-reach, reach)
+    ax.set(xlabel="final − SFT, instruction-level strict (percentage points)", title="Per instruction id")
+    for a in axes:
+        a.grid(alpha=0.3, axis="y" if a is not axes[2] else "x")
+    ps = vs_sft["prompt_level_strict_acc"]
+    fig.suptitle(f"Final policy vs SFT policy, paired on {vs_sft['n_prompts']} prompts: prompt-level strict "
+                 f"{ps['final']:.3f} vs {ps['sft']:.3f}, {100 * ps['delta']:+.1f} points "
+                 f"[{100 * ps['ci95_low']:+.1f}, {100 * ps['ci95_high']:+.1f}], McNemar p = {_p(ps.get('p_mcnemar'))}")
+    fig.tight_layout()
+    return _save(fig, out_path)
+
+
+def make_report_plots(ws, evaluate_metrics: Mapping | None = None) -> list[Path]:
+    """Every figure whose input CSV exists in ws.plots, written to ws.reports; with generation-mode evaluate
+    metrics (the metrics/evaluate.json dict) also reports/paired_vs_sft.png."""
     written = []
     adv = ws.plots / "adversarial.csv"
     if adv.exists():
@@ -186,13 +265,19 @@ def make_report_plots(ws) -> list[Path]:
               if (ws.plots / f"{stem}.csv").exists()}
     if losses:
         written.append(plot_losses(losses, ws.reports / "loss_curves.png"))
+    if evaluate_metrics is not None and evaluate_metrics.get("mode") == "generate":
+        note = (evaluate_metrics.get("skipped") or {}).get("vs_sft") or "evaluate.compare_sft is false"
+        written.append(plot_paired(evaluate_metrics.get("vs_sft"), ws.reports / PAIRED_FIGURE, note))
     return written
 
 
 if __name__ == "__main__":  # python -m gapo.eval.plots [WORKDIR]
+    import json
     import sys
 
     from gapo.paths import Workspace
 
-    for p in make_report_plots(Workspace(Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve())):
+    _ws = Workspace(Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve())
+    _ev = _ws.metrics_file("evaluate")
+    for p in make_report_plots(_ws, json.loads(_ev.read_text(encoding="utf-8")) if _ev.is_file() else None):
         print(p)

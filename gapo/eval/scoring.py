@@ -11,6 +11,7 @@ before ':', `keywords`), as Google's IFEval report does.
 API
     load_inputs(path) -> list[IFEvalInput]         IFEval input jsonl (key, prompt, instruction_id_list, kwargs)
     load_responses(path) -> list[(line, prompt, response)]   IFEval `input_response_data` jsonl
+    match_responses(inputs, responses, ...) -> (list[str], ignored lines)   joined by prompt text; extras ignored
     join_responses(inputs, responses, ...) -> list[str]      one response per input, joined by prompt text
     score(inputs, responses) -> list[dict]         per-prompt verdicts (+ key, prompt, response, ids)
     aggregate(verdicts) -> dict                    the four numbers, counts, by_instruction, by_category
@@ -18,12 +19,20 @@ API
 Input records are validated with the data engine's `ifeval` schema (gapo.data.schema) and read with its bounded
 jsonl reader (gapo.data.loaders.iter_jsonl); every problem raises `gapo.errors.DataError` with one line naming
 file, line and field.
+
+Google's published input file (instruction_following_eval/data/input_data.jsonl) asks for the frequency of '#' and
+'!' with `keywords:letter_frequency`; the checker replaces any `letter` that is not one letter a-z by
+`random.choice(string.ascii_letters)`. `load_inputs` makes that draw itself, with lm-eval's own `build_description`
+under `random.seed(key)` (the record's key), writes the drawn letter into the record and lists it in
+`IFEvalInput.randomised`: the same file always scores the same, and equals lm-eval's strict and loose checks each
+run after `random.seed(key)` (one draw for both, where lm-eval's `process_results` would draw twice).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -55,6 +64,8 @@ class IFEvalInput:
     source: str = "<memory>"
     line: int = 0
     extra: tuple[tuple[str, Any], ...] = ()
+    # (field, value in the file, value scored) of each argument the checker would have drawn at random
+    randomised: tuple[tuple[str, Any, Any], ...] = ()
 
     def doc(self) -> dict:
         """The document lm-eval's `process_results` takes."""
@@ -78,9 +89,55 @@ def _lines(path: Path, what: str, max_line_bytes: int) -> Iterator[tuple[int, An
     yield from iter_jsonl(path, max_line_bytes)
 
 
+LETTER_FREQUENCY = "keywords:letter_frequency"
+
+
+def _letter_is_drawn(letter: Any) -> bool:
+    """lm-eval's LetterFrequencyChecker draws a random letter for any non-empty `letter` but one ASCII letter (an
+    empty or missing one too, but the schema rejects those as missing, like every other missing argument)."""
+    if not isinstance(letter, str) or not letter:
+        return False
+    low = letter.lower()
+    return not (len(letter) == 1 and len(low) == 1 and 97 <= ord(low) <= 122)
+
+
+def draw_random_letters(key: int, instruction_id_list: Sequence[str], kwargs: Sequence[Any]
+                        ) -> tuple[list[Any], tuple[tuple[str, Any, Any], ...]]:
+    """(kwargs with each `letter` the checker would draw replaced by the letter drawn, what was replaced).
+
+    The draw is lm-eval's own `build_description` after `random.seed(key)`, instruction by instruction in the
+    record's order, as lm-eval's `process_results` builds them; the global random state is restored afterwards.
+    A record with nothing to draw comes back unchanged.
+    """
+    targets = [i for i, (iid, kw) in enumerate(zip(instruction_id_list, kwargs))
+               if iid == LETTER_FREQUENCY and isinstance(kw, dict) and _letter_is_drawn(kw.get("letter"))]
+    if not targets:
+        return list(kwargs), ()
+    _, registry = ifeval_modules()
+    out = [dict(kw) if isinstance(kw, dict) else kw for kw in kwargs]
+    drawn = []
+    state = random.getstate()
+    try:
+        random.seed(key)
+        for i in targets:
+            checker = registry.INSTRUCTION_DICT[LETTER_FREQUENCY](LETTER_FREQUENCY)
+            try:
+                checker.build_description(**{k: v for k, v in out[i].items() if v})
+            except (TypeError, ValueError):
+                continue  # another bad argument: the schema names it
+            given, out[i]["letter"] = out[i]["letter"], checker.get_instruction_args()["letter"]
+            drawn.append((f"kwargs[{i}].letter", given, out[i]["letter"]))
+    finally:
+        random.setstate(state)
+    return out, tuple(drawn)
+
+
 def load_inputs(path: str | os.PathLike, max_line_bytes: int = _MAX_LINE_BYTES) -> list[IFEvalInput]:
     """Read an IFEval-format jsonl and validate each record with the data engine's `ifeval` schema
-    (gapo.data.schema: known instruction ids, each instruction's arguments; `category` optional)."""
+    (gapo.data.schema: known instruction ids, each instruction's arguments; `category` optional).
+
+    Google's file is accepted as published: a `letter` the checker would replace by a random letter gets the
+    letter lm-eval draws after `random.seed(key)` (`draw_random_letters`), listed in `IFEvalInput.randomised`."""
     from gapo.data import schema
 
     path = Path(path)
@@ -89,10 +146,15 @@ def load_inputs(path: str | os.PathLike, max_line_bytes: int = _MAX_LINE_BYTES) 
     for lineno, obj in _lines(path, "IFEval input", max_line_bytes):
         where = f"IFEval input {path} line {lineno}"
         rec = dict(obj) if isinstance(obj, dict) else obj
+        drawn: tuple[tuple[str, Any, Any], ...] = ()
         if isinstance(rec, dict):
             for name, default in schema.USER_DEFAULTS["ifeval"].items():
                 if rec.get(name) is None:
                     rec[name] = default(len(out))
+            key, ids, kws = rec.get("key"), rec.get("instruction_id_list"), rec.get("kwargs")
+            if (isinstance(key, int) and not isinstance(key, bool) and isinstance(ids, list) and isinstance(kws, list)
+                    and len(ids) == len(kws)):
+                rec["kwargs"], drawn = draw_random_letters(key, ids, kws)
         try:
             schema.validate_record("ifeval", rec)
         except schema.RecordError as exc:
@@ -104,8 +166,13 @@ def load_inputs(path: str | os.PathLike, max_line_bytes: int = _MAX_LINE_BYTES) 
                              if k not in ("key", "prompt", "instruction_id_list", "kwargs")))
         # kwargs as given (None values included): lm-eval's process_results drops them itself
         out.append(IFEvalInput(rec["key"], rec["prompt"], list(rec["instruction_id_list"]),
-                               [dict(k or {}) for k in rec["kwargs"]], str(path), lineno, extra))
+                               [dict(k or {}) for k in rec["kwargs"]], str(path), lineno, extra, drawn))
     return out
+
+
+def randomised_count(inputs: Sequence[IFEvalInput]) -> int:
+    """How many arguments of `inputs` the checkers would have drawn at random (scored with the seeded draw)."""
+    return sum(len(inp.randomised) for inp in inputs)
 
 
 def load_responses(path: str | os.PathLike, max_line_bytes: int = _MAX_LINE_BYTES) -> list[tuple[int, str, str]]:
@@ -127,19 +194,22 @@ def load_responses(path: str | os.PathLike, max_line_bytes: int = _MAX_LINE_BYTE
     return out
 
 
-def join_responses(inputs: Sequence[IFEvalInput], responses: Iterable[tuple[int, str, str]],
-                   responses_source: str = "responses") -> list[str]:
-    """One response per input, matched by exact prompt text (as IFEval's evaluation_main does).
+def match_responses(inputs: Sequence[IFEvalInput], responses: Iterable[tuple[int, str, str]],
+                    responses_source: str = "responses") -> tuple[list[str], list[int]]:
+    """(one response per input, the lines of responses ignored), matched by exact prompt text.
 
-    Every input needs a response, and every response must belong to an input prompt: a partial or
-    mismatched responses file is an error, not a silently smaller denominator.
+    As IFEval's evaluation_main: the input's prompts are scored and a response to a prompt the input does not
+    hold is ignored (its line is returned, so the caller can count it). Every input needs a response: a partial
+    responses file is an error, not a silently smaller denominator; so are two different responses to one prompt.
     """
     by_prompt: dict[str, tuple[int, str]] = {}
     wanted = {inp.prompt for inp in inputs}
+    ignored: list[int] = []
     for lineno, prompt, response in responses:
         where = f"{responses_source} line {lineno}"
         if prompt not in wanted:
-            raise DataError(f"{where}: field 'prompt' {_short(prompt)} matches no prompt in the input file")
+            ignored.append(lineno)
+            continue
         if prompt in by_prompt and by_prompt[prompt][1] != response:
             raise DataError(f"{where}: field 'prompt' repeats line {by_prompt[prompt][0]} with a different response")
         by_prompt[prompt] = (lineno, response)
@@ -149,7 +219,13 @@ def join_responses(inputs: Sequence[IFEvalInput], responses: Iterable[tuple[int,
             raise DataError(f"{inp.source} line {inp.line}: no response for this prompt (key {inp.key}) "
                             f"in {responses_source}")
         out.append(by_prompt[inp.prompt][1])
-    return out
+    return out, ignored
+
+
+def join_responses(inputs: Sequence[IFEvalInput], responses: Iterable[tuple[int, str, str]],
+                   responses_source: str = "responses") -> list[str]:
+    """One response per input, matched by exact prompt text (`match_responses` without the ignored lines)."""
+    return match_responses(inputs, responses, responses_source)[0]
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -205,8 +281,13 @@ def aggregate(verdicts: Sequence[dict]) -> dict:
 
 def score_files(input_path: str | os.PathLike, responses_path: str | os.PathLike,
                 max_line_bytes: int = _MAX_LINE_BYTES) -> tuple[dict, list[dict]]:
-    """Scoring-only mode: validate both files, join by prompt, score; returns (report, per-prompt verdicts)."""
+    """Scoring-only mode: validate both files, join by prompt, score; returns (report, per-prompt verdicts).
+
+    The report adds `ignored_responses` (responses to prompts the input does not hold, left out as IFEval's
+    evaluation_main does) and `randomised_kwargs` (arguments the checkers would have drawn at random)."""
     inputs = load_inputs(input_path, max_line_bytes)
-    responses = join_responses(inputs, load_responses(responses_path, max_line_bytes), f"responses {responses_path}")
+    responses, ignored = match_responses(inputs, load_responses(responses_path, max_line_bytes),
+                                         f"responses {responses_path}")
     verdicts = score(inputs, responses)
-    return aggregate(verdicts), verdicts
+    report = {**aggregate(verdicts), "ignored_responses": len(ignored), "randomised_kwargs": randomised_count(inputs)}
+    return report, verdicts

@@ -53,11 +53,15 @@ def write_source_pointer(out_dir: Path, source: str, **info: Any) -> None:
         write_json(tmp / SOURCE_FILE, {"source": source, **info})
 
 
-def resolve_model_dir(spec: str | Path, role: str, cfg: Optional[ModelsConfig] = None) -> Path:
+def resolve_model_dir(spec: str | Path, role: str, cfg: Optional[ModelsConfig] = None,
+                      _seen: tuple[str, ...] = ()) -> Path:
     """Local directory holding the model named by `spec`: a directory (following `source.json`), or an HF
     hub id already in the local cache. Raises ModelError otherwise."""
     cfg = cfg or ModelsConfig()
     text = str(spec)
+    if len(_seen) > 8 or text in _seen:  # models/policy/source.json -> ... -> itself
+        chain = " -> ".join([*_seen, text][-4:])
+        raise ModelError(f"{role} {_seen[0]!r}: source.json pointers form a loop or a chain longer than 8 ({chain})")
     if text.startswith("builtin:"):
         raise ModelError(f"{role} {text!r}: builtin models are materialised by `gapo models` into models/{role}; "
                          f"load that directory instead")
@@ -71,7 +75,7 @@ def resolve_model_dir(spec: str | Path, role: str, cfg: Optional[ModelsConfig] =
                 from gapo.models.materialize import ensure_smollm2
 
                 ensure_smollm2(Path(target))
-            return resolve_model_dir(target, role, cfg)
+            return resolve_model_dir(target, role, cfg, (*_seen, text))
         return path
     if path.exists():
         raise ModelError(f"{role} {text!r}: is a file, expected a model directory (config.json + weights)")
@@ -94,6 +98,7 @@ def check_model_dir(path: Path, role: str, cfg: ModelsConfig) -> None:
         raise ModelError(f"{role} {str(path)!r}: not a model directory (no config.json)")
     files = [p.name for p in path.iterdir() if p.is_file()]
     if any(f.endswith(".safetensors") for f in files):
+        check_safetensors_files(path, role)
         return
     pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
     if pickles:
@@ -102,6 +107,202 @@ def check_model_dir(path: Path, role: str, cfg: ModelsConfig) -> None:
         raise ModelError(f"{role} {str(path)!r}: pickle-only checkpoint ({', '.join(pickles[:3])}) can run arbitrary "
                          "code when loaded; convert it to safetensors or set models.allow_pickle=true")
     raise ModelError(f"{role} {str(path)!r}: no weights (*.safetensors) in the directory")
+
+
+# safetensors' own limit on the JSON header (larger = a header bomb: gigabytes of JSON parsed before any weight)
+MAX_SAFETENSORS_HEADER = 100_000_000
+_ST_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+                   "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+
+
+def read_safetensors_header(file: Path, role: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{tensor name: (dtype, shape)} of one .safetensors file, after checking its structure without reading any
+    weight: header length within the file and within MAX_SAFETENSORS_HEADER, a JSON object, each tensor's byte
+    range inside the data section and as long as its dtype and shape say. ModelError names the file and the first
+    bad tensor."""
+    where = f"{role} {str(file.parent)!r}: {file.name}"
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ModelError(f"{where}: truncated or empty safetensors file ({size} bytes; expected an 8-byte "
+                                 "header length, a JSON header, then the tensors)")
+            n = int.from_bytes(head, "little")
+            if n > MAX_SAFETENSORS_HEADER:
+                raise ModelError(f"{where}: header length {n} bytes exceeds safetensors' limit of "
+                                 f"{MAX_SAFETENSORS_HEADER} (corrupt file or header bomb)")
+            if 8 + n > size:
+                raise ModelError(f"{where}: truncated safetensors file (header of {n} bytes, file of {size} bytes)")
+            raw = fh.read(n)
+    except OSError as exc:
+        raise ModelError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ModelError(f"{where}: unreadable safetensors header (not a JSON object)") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{where}: unreadable safetensors header (not a JSON object)")
+    data_size = size - 8 - n
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        shown = name if len(name) <= 120 else name[:117] + "..."
+        ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in info["shape"])
+              and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+              and all(isinstance(o, int) and not isinstance(o, bool) for o in info["data_offsets"]))
+        if not ok:
+            raise ModelError(f"{where}: tensor {shown!r}: malformed header entry (expected dtype, shape, data_offsets)")
+        begin, end = info["data_offsets"]
+        if not 0 <= begin <= end or end > data_size:
+            raise ModelError(f"{where}: tensor {shown!r}: bytes {begin}..{end} lie outside the file's "
+                             f"{data_size} data bytes (truncated or corrupt file)")
+        width = _ST_DTYPE_BYTES.get(info["dtype"])
+        count = 1
+        for d in info["shape"]:
+            count *= d
+        if width is not None and count * width != end - begin:
+            raise ModelError(f"{where}: tensor {shown!r}: {end - begin} bytes for a {info['dtype']} tensor of shape "
+                             f"{info['shape']} ({count * width} expected)")
+        out[name] = (info["dtype"], tuple(info["shape"]))
+    if not out:
+        raise ModelError(f"{where}: holds no tensors")
+    return out
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """The weight files of a model directory: the shards an index names (each must exist), else every
+    *.safetensors file."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        except (OSError, ValueError, AttributeError):
+            weight_map = None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelError(f"{str(path)!r}: {index.name}: unreadable (expected a JSON object with a 'weight_map')")
+        shards = sorted(set(map(str, weight_map.values())))
+        for shard in shards:
+            if "/" in shard or "\\" in shard or not (path / shard).is_file():
+                raise ModelError(f"{str(path)!r}: {index.name}: shard {shard!r} is missing from the directory")
+        return [path / s for s in shards]
+    return sorted(path.glob("*.safetensors"))
+
+
+def check_safetensors_files(path: Path, role: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every weight file's header checked (read_safetensors_header); returns the union {name: (dtype, shape)}."""
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for f in safetensors_files(path):
+        tensors.update(read_safetensors_header(f, role))
+    return tensors
+
+
+# Weights of pre-training heads an encoder checkpoint may carry and a reward model does not use (MLM / NSP / ELECTRA
+# heads); any other key the model does not have is an error.
+PRETRAINING_HEADS = ("cls.", "lm_head.", "generator_lm_head.", "generator_predictions.", "discriminator_predictions.",
+                     "mask_predictor.", "pooler.")
+
+
+def _head_keys(model) -> set[str]:
+    """Parameters of a task model outside its base model (the classification head: `classifier.*`, `score.*`)."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    if not prefix or getattr(model, prefix, None) is None:
+        return set()
+    return {k for k in model.state_dict() if not k.startswith(prefix + ".")}
+
+
+def check_loading_info(model, info: dict, path: Path, role: str, fresh_head_ok: bool) -> None:
+    """Strict weight loading: every parameter of the model came from the checkpoint with its own shape. A model left
+    partly at random initialisation (missing keys; a fresh classification head only for a reward model built on a
+    headless encoder), with weights it does not use (unexpected keys; pre-training heads aside for a reward model)
+    or with a wrong-shape tensor is refused with one line naming the weight file and the first bad key."""
+    files = safetensors_files(path)
+    wfile = files[0].name if len(files) == 1 else ("model.safetensors.index.json" if files else "weights")
+    where = f"{role} {str(path)!r}: {wfile}"
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    if mismatched:
+        item = mismatched[0]
+        key = item[0] if isinstance(item, (tuple, list)) else item
+        shapes = f" (checkpoint {tuple(item[1])}, model {tuple(item[2])})" if isinstance(item, (tuple, list)) \
+            and len(item) >= 3 else ""
+        raise ModelError(f"{where}: key {key!r} has the wrong shape{shapes}; {len(mismatched)} such key(s)")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        head = _head_keys(model) if fresh_head_ok else set()
+        if not (head and set(missing) == head):
+            bad = [k for k in missing if k not in head] or missing
+            raise ModelError(f"{where}: key {bad[0]!r} of the model is missing from the checkpoint ({len(missing)} "
+                             "missing; they would be left at random initialisation)")
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if fresh_head_ok:
+        unexpected = [k for k in unexpected if not k.startswith(PRETRAINING_HEADS)]
+    if unexpected:
+        raise ModelError(f"{where}: key {unexpected[0]!r} is not a weight of this model ({len(unexpected)} unexpected "
+                         f"key(s); a checkpoint of another architecture?)")
+    errors = [str(e).splitlines()[0] for e in info.get("error_msgs") or [] if str(e).strip()]
+    if errors:
+        raise ModelError(f"{where}: {errors[0][:200]}")
+
+
+def check_checkpoint_keys(path: Path, config, role: str, cfg: ModelsConfig) -> None:
+    """For `gapo models`, without loading any weight: compare the safetensors headers with the model the config
+    builds (on the meta device): every parameter present (tied ones once), no foreign key, every shape equal. On a
+    suspected problem the real loader decides (its key renaming rules are transformers' own) and raises the one
+    line of `check_loading_info`; the weights of a clean checkpoint are never read here."""
+    import copy
+    import re as _re
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    tensors = check_safetensors_files(path, role) if any(path.glob("*.safetensors")) else {}
+    if not tensors:  # pickle weights (models.allow_pickle): checked when loaded
+        return
+    reward = role == "reward"
+    auto_cls = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    config = copy.deepcopy(config)
+    if reward:
+        config.num_labels = 1
+    try:
+        with torch.device("meta"):
+            model = auto_cls.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    except Exception:  # noqa: BLE001 - an architecture transformers cannot build here: the load checks it
+        return
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def norm(key: str) -> Optional[str]:
+        if key in shapes:
+            return key
+        if prefix and f"{prefix}.{key}" in shapes:
+            return f"{prefix}.{key}"
+        if prefix and key.startswith(prefix + ".") and key[len(prefix) + 1:] in shapes:
+            return key[len(prefix) + 1:]
+        return None
+
+    ignore = [_re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
+              if isinstance(p, str)]
+    suspect, found = False, set()
+    for key, (_, shape) in tensors.items():
+        name = norm(key)
+        if name is None:
+            suspect |= not (reward and key.startswith(PRETRAINING_HEADS)) and not any(p.search(key) for p in ignore) \
+                and not key.endswith((".position_ids", ".inv_freq"))  # old non-persistent buffers transformers skips
+        elif shapes[name] != shape:
+            suspect = True
+        else:
+            found.add(name)
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    missing = {n for names in groups.values() if not found.intersection(names) for n in names}
+    head = _head_keys(model) if reward else set()
+    if missing and not (head and missing <= head and not found.intersection(head)):
+        suspect = True
+    if suspect:
+        _from_pretrained(auto_cls, path, role, cfg, **({"num_labels": 1} if reward else {}))
 
 
 def _load_config(path: Path, role: str, cfg: ModelsConfig):
@@ -241,16 +442,28 @@ def native_bf16(device_type: str) -> bool:
 def _from_pretrained(auto_cls, path: Path, role: str, cfg: ModelsConfig, **kwargs):
     import warnings
 
+    from transformers.utils import logging as hf_logging
+
     quiet_transformers()
+    verbosity = hf_logging.get_verbosity()
     try:
+        # transformers logs its own LOAD REPORT table of missing/unexpected keys; check_loading_info raises one line
+        hf_logging.set_verbosity_error()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*newly initialized.*")
-            return auto_cls.from_pretrained(path, dtype=_dtype(cfg), trust_remote_code=cfg.trust_remote_code,
-                                            local_files_only=True, use_safetensors=None if cfg.allow_pickle else True,
-                                            **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+            model, info = auto_cls.from_pretrained(path, dtype=_dtype(cfg), trust_remote_code=cfg.trust_remote_code,
+                                                   local_files_only=True,
+                                                   use_safetensors=None if cfg.allow_pickle else True,
+                                                   ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"{role} {str(path)!r}: cannot load as {auto_cls.__name__} "
                          f"({str(exc).splitlines()[0][:200]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    from transformers import AutoModelForSequenceClassification
+
+    check_loading_info(model, info, path, role, fresh_head_ok=auto_cls is AutoModelForSequenceClassification)
+    return model
 
 
 # ------------------------------------------------------------------------------------------ saving

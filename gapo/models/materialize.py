@@ -167,6 +167,8 @@ def _user_model_config(params: Params, spec: str, role: str):
                          "an encoder (BERT, RoBERTa, DeBERTa, Longformer, ModernBERT, MiniLM)")
     if role == "policy" and encoder:
         raise ModelError(f"policy {spec!r}: is an encoder ({config.model_type}); the policy must be a causal LM")
+    # weights that match the architecture (missing / foreign / wrong-shape keys), checked from the headers
+    loading.check_checkpoint_keys(path, config, role, params.models)
     return path, config
 
 

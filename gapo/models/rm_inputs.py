@@ -1,9 +1,11 @@
 """(prompt, response) text pairs -> reward-model inputs, in the reward model's OWN tokenizer.
 
 API
-- `encode_pairs(tokenizer, prompts, responses, max_length)` -> dict of padded LongTensors
+- `encode_pairs(tokenizer, prompts, responses, max_length, facts=True)` -> dict of padded LongTensors
   (`input_ids`, `attention_mask`, `token_type_ids` when the model uses them) and `truncated` (bool per row)
-- `encode_pair_ids(tokenizer, prompt, response, max_length)` -> (ids, type_ids, truncated) for one pair
+- `encode_pair_ids(tokenizer, prompt, response, max_length, facts=True)` -> (ids, type_ids, truncated) for one pair;
+  `facts=False` drops the head (product facts) before anything else: the RM sees `[CLS] Requirements: ... [SEP]
+  response [SEP]` (`reward.prompt_facts: drop`, docs/method.md "RM input, head and truncation")
 - `split_requirements(prompt)` -> (head, requirements)
 - `REQUIREMENTS_HEADER`
 
@@ -65,7 +67,8 @@ def _backend(tokenizer):
     return bt
 
 
-def encode_pair_ids(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], list[int], bool]:
+def encode_pair_ids(tokenizer, prompt: str, response: str, max_length: int,
+                    facts: bool = True) -> tuple[list[int], list[int], bool]:
     from tokenizers import Encoding
 
     bt = _backend(tokenizer)
@@ -73,6 +76,8 @@ def encode_pair_ids(tokenizer, prompt: str, response: str, max_length: int) -> t
     if budget < 2:
         raise ValueError(f"max_length {max_length} leaves no room for a prompt and a response")
     head_text, req_text = split_requirements(prompt)
+    if not facts:
+        head_text = ""
     head = bt.encode(head_text, add_special_tokens=False) if head_text else None
     req = bt.encode(req_text, add_special_tokens=False)
     resp = bt.encode(response, add_special_tokens=False)
@@ -96,14 +101,15 @@ def encode_pair_ids(tokenizer, prompt: str, response: str, max_length: int) -> t
     return list(final.ids), list(final.type_ids), truncated
 
 
-def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int) -> dict:
+def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int,
+                 facts: bool = True) -> dict:
     """Right-padded batch for `AutoModelForSequenceClassification`; `token_type_ids` only if the tokenizer
     produces them (BERT-style) so RoBERTa-style models do not get a segment embedding they lack."""
     import torch
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    rows = [encode_pair_ids(tokenizer, p, s, max_length) for p, s in zip(prompts, responses)]
+    rows = [encode_pair_ids(tokenizer, p, s, max_length, facts) for p, s in zip(prompts, responses)]
     width = max(len(ids) for ids, _, _ in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -33,6 +33,7 @@ class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
         import pandas as pd
 
         from gapo.models.rm_inputs import encode_pairs, model_inputs
+        from gapo.train.reward import rm_keeps_facts
 
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         missing = [c for c in ("prompt", "response") if c not in df.columns]
@@ -50,7 +51,7 @@ class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
         with self.torch.no_grad():
             for i in range(0, len(prompts), batch_size):
                 batch = encode_pairs(self.tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size],
-                                     self.max_length)
+                                     self.max_length, facts=rm_keeps_facts(self.model))
                 out = self.model(**model_inputs(batch)).logits
                 logits.extend(out.reshape(out.shape[0], -1)[:, 0].float().tolist())
         t = self.torch.tensor(logits, dtype=self.torch.float64)

@@ -39,7 +39,10 @@ _METRIC_KEY_BAD = re.compile(r"[^/\w.\- ]")
 
 
 def _warn(msg: str) -> None:
-    print(f"gapo.tracking: warning: {msg}", file=sys.stderr, flush=True)
+    from gapo.redaction import redact_text
+
+    # MLflow quotes the URI it failed to reach ("API request to http://user:pw@host/... failed")
+    print(f"gapo.tracking: warning: {redact_text(msg)}", file=sys.stderr, flush=True)
 
 
 # -- small pure helpers (unit-tested) ---------------------------------------------------------------------------
@@ -56,8 +59,17 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def flat_params(params: Params) -> dict[str, str]:
-    return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    """Every param as an MLflow param value; a URI's user:password@ is removed (`-S tracking.tracking_uri=...`)."""
+    from gapo.redaction import redact_text
+
+    return {k: redact_text(json.dumps(v) if isinstance(v, (list, dict)) else str(v))
             for k, v in flatten(params.model_dump(mode="json")).items()}
+
+
+def _safe_tags(tags: dict[str, Any]) -> dict[str, str]:
+    from gapo.redaction import redact_text
+
+    return {k: redact_text(str(v)) for k, v in tags.items()}
 
 
 def metric_key(name: str) -> str:
@@ -143,6 +155,63 @@ def pipeline_key() -> tuple[str, str]:
     return f"cli:{host}:{os.getpid()}:{time.time():.3f}", "cli"
 
 
+# -- runs of killed attempts ---------------------------------------------------------------------------------------
+def _process_tags() -> dict[str, str]:
+    """Who runs this stage: host, pid and the process's start time (a pid alone may be reused)."""
+    try:
+        import psutil
+
+        started = f"{psutil.Process().create_time():.2f}"
+    except Exception:  # noqa: BLE001
+        started = ""
+    return {"gapo.host": socket.gethostname(), "gapo.pid": str(os.getpid()), "gapo.pid_started": started}
+
+
+def _alive(pid: int, started: str) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.is_running() and (not started or abs(proc.create_time() - float(started)) < 1.0)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def _owner_alive(tags: dict[str, str]) -> bool | None:
+    """Whether the process that opened a RUNNING run still lives: True / False, None when we cannot tell (another
+    host, a run of the Prefect flow or of an older version without the process tags)."""
+    host = socket.gethostname()
+    if tags.get("gapo.pid"):
+        if tags.get("gapo.host") != host:
+            return None
+        return _alive(int(tags["gapo.pid"]), tags.get("gapo.pid_started", ""))
+    key = tags.get("gapo.pipeline_key", "")
+    parts = key.split(":")
+    if parts[0] in ("dvc", "cli") and len(parts) >= 4 and parts[1] == host and parts[2].isdigit():
+        # dvc:<host>:<pid of dvc>:<its start time>:...; cli:<host>:<pid>:<time>
+        return _alive(int(parts[2]), parts[3] if parts[0] == "dvc" else "")
+    return None
+
+
+def mark_killed_runs(client, exp_id: str, root: Path) -> list[str]:
+    """Close as KILLED the runs of this workspace left RUNNING by a process that no longer exists (kill -9 leaves them
+    so: nothing in the process runs to close them). Called when a stage starts, so a rerun after a kill tidies up
+    the killed attempt. Returns the run ids closed."""
+    ws = str(root)
+    if "'" in ws or "`" in ws:
+        return []
+    closed = []
+    runs = client.search_runs([exp_id], filter_string=f"attributes.status = 'RUNNING' and tags.`gapo.workspace` = "
+                                                      f"'{ws}'", max_results=500)
+    for run in runs:
+        if _owner_alive(run.data.tags) is False:
+            client.set_tag(run.info.run_id, "gapo.closed_by", f"a later run in this workspace (pid {os.getpid()}): "
+                                                             "the process that opened it was gone")
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
 # -- the wrapper ---------------------------------------------------------------------------------------------------
 def quiet_mlflow_logs() -> None:
     """MLflow's INFO lines (system-metrics monitor, DB migrations) would drown a stage's own output."""
@@ -166,21 +235,23 @@ class _StageTracker:
         self.exp_id = backend.configure(params, ws.root)
         self.client = mlflow.MlflowClient()
         self.owns_parent = False
+        with contextlib.suppress(Exception):  # runs of a killed earlier attempt in this workspace -> KILLED
+            mark_killed_runs(self.client, self.exp_id, ws.root)
         self.parent_id = self._parent()
         with contextlib.suppress(Exception):
             lineage.backfill_self_hashes(self.client, self.parent_id, ws.root)
         name = stage if self.round is None else f"{stage}-round-{int(self.round):03d}"
-        tags = {"gapo.stage": stage, **lineage.run_tags(ws.root), "gapo.workspace": str(ws.root)}
+        tags = {"gapo.stage": stage, **lineage.run_tags(ws.root), "gapo.workspace": str(ws.root), **_process_tags()}
         if self.round is not None:
             tags["gapo.round"] = str(int(self.round))
         if params.tracking.system_metrics:
             mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval_s)
-        self.run = mlflow.start_run(run_name=name, parent_run_id=self.parent_id, tags=tags,
+        self.run = mlflow.start_run(run_name=name, parent_run_id=self.parent_id, tags=_safe_tags(tags),
                                     log_system_metrics=params.tracking.system_metrics)
         self.run_id = self.run.info.run_id
         mlflow.log_params(flat_params(params))
         if cli_args:
-            mlflow.log_params({f"cli.{k}": str(v) for k, v in cli_args.items()})
+            mlflow.log_params(_safe_tags({f"cli.{k}": v for k, v in cli_args.items()}))
 
     def _parent(self) -> str:
         client = self.client
@@ -198,8 +269,10 @@ class _StageTracker:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         name = {"dvc": f"dvc repro {stamp}", "manual": f"{key}", "cli": f"gapo {self.stage} {stamp}"}[trigger]
         run = client.create_run(self.exp_id, run_name=name,
-                                tags={"gapo.pipeline_key": key, "gapo.trigger": trigger, "gapo.role": "pipeline",
-                                      "gapo.workspace": str(self.ws.root), **lineage.git_info(self.ws.root)})
+                                tags=_safe_tags({"gapo.pipeline_key": key, "gapo.trigger": trigger,
+                                                 "gapo.role": "pipeline", "gapo.workspace": str(self.ws.root),
+                                                 **(_process_tags() if trigger == "cli" else {}),
+                                                 **lineage.git_info(self.ws.root)}))
         flat = flat_params(self.params)
         items = list(flat.items())
         from mlflow.entities import Param
@@ -286,7 +359,10 @@ class _StageTracker:
         if error is not None:
             status = "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
             with contextlib.suppress(Exception):
-                self.mlflow.set_tag("gapo.error", f"{type(error).__name__}: {str(error).splitlines()[0][:400]}"
+                from gapo.redaction import redact_text
+
+                self.mlflow.set_tag("gapo.error", redact_text(f"{type(error).__name__}: "
+                                                              f"{str(error).splitlines()[0][:400]}")
                                     if str(error) else type(error).__name__)
         self.mlflow.end_run(status=status)
         if self.owns_parent:
@@ -354,6 +430,11 @@ def tracked(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
         @functools.wraps(fn)
         def wrapper(params: Params, ws: Workspace, **cli_args: Any) -> Any:
+            if backend.tracking_enabled():  # bad input fails here, before any MLflow run exists (gapo.preflight)
+                from gapo.preflight import PREFLIGHT
+
+                if stage in PREFLIGHT:
+                    PREFLIGHT[stage](params, ws, **cli_args)
             with stage_run(stage, params, ws, cli_args) as tracker:
                 result = fn(params, ws, **cli_args)
                 if tracker is not None:

@@ -49,7 +49,8 @@ BASELINE_FILE = "baseline.json"
 CSV_COLUMNS = ("round", "rm_acc_fakes", "rm_auc", "fool_rate", "mean_reward", "kl", "entropy", "verifier_pass_rate",
                "hack_gap", "verifier_pass_rate_greedy", "rm_verifier_auc", "rm_acc", "rm_pp_acc", "rm_prob_fakes",
                "rm_prob_positives", "response_length", "rollout_reward", "rollout_pass_rate", "fakes_pass_rate",
-               "policy_loss", "value_loss", "rm_loss", "n_fakes_in_rm_set", "seconds")
+               "policy_loss", "value_loss", "rm_loss", "n_fakes_in_rm_set", "rollout_rm_verifier_auc", "ratio_dev_first",
+               "seconds")
 
 
 # ============================================================================================ data for a round
@@ -146,7 +147,8 @@ def generate_fakes(actor, tokenizer, rows: Sequence[dict], params: Params, k: in
 
 # ============================================================================================ health metrics
 def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_rows: Sequence[dict],
-                       positives: Sequence[dict], pp_rows: Sequence[dict], params: Params, seed: int) -> dict:
+                       positives: Sequence[dict], pp_rows: Sequence[dict], params: Params, seed: int,
+                       decoder=None) -> dict:
     """The per-round health of the game, on fresh samples of `actor` for held-out prompts.
 
     rm_acc_fakes: share of fakes the RM rejects (p < 0.5); fool_rate = 1 − rm_acc_fakes; rm_acc / rm_auc: fakes
@@ -155,7 +157,8 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
     mean per-token k1 KL of the actor to the reference on its samples (nats/token); entropy: nats/token;
     verifier_pass_rate: IFEval strict on the samples; hack_gap = mean RM probability − verifier pass rate
     (> 0: the RM pays for responses the verifier rejects).
-    The sampling generator is seeded here, so the measurement never perturbs the training RNG stream.
+    The sampling generator is seeded here, so the measurement never perturbs the training RNG stream. `decoder`
+    (default: the actor) is the module that samples: the bf16 rollout copy when autocast is on.
     """
     import torch
     from tqdm import tqdm
@@ -163,7 +166,7 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
     from gapo.models.prompting import decode_response, pad_token_id, stop_token_ids
     from gapo.train import engine as E
     from gapo.train import losses as L
-    from gapo.train.ppo import decode_threads, encode_prompts, response_log_probs, verifier_verdicts
+    from gapo.train.ppo import decode_threads, encode_prompts, forward_autocast, response_log_probs, verifier_verdicts
     from gapo.train.reward import evaluate_reward_model, rm_logits, roc_auc
     from gapo.train.sampler import sample
 
@@ -172,6 +175,7 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
     ppo = params.ppo
     stops, pad = stop_token_ids(tokenizer), pad_token_id(tokenizer)
     module = getattr(actor, "module", actor)
+    decoder = module if decoder is None else decoder
     device = next(module.parameters()).device
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
@@ -180,7 +184,7 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
                   disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False):
         chunk = eval_rows[s:s + ppo.micro_rollout_batch_size]
         with decode_threads():
-            res = sample(module, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
+            res = sample(decoder, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
                          pad, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, generator=gen,
                          sync_ranks=True)
         seq, attn = res.sequences.to(device), res.attention_mask.to(device)
@@ -189,9 +193,10 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
         with torch.no_grad():
             was = module.training
             module.eval()
-            logp, ent = response_log_probs(module, seq, attn, n, with_entropy=True)
+            with forward_autocast(params, device):
+                logp, ent = response_log_probs(module, seq, attn, n, with_entropy=True)
+                ref_logp = logp if ref is None else response_log_probs(ref, seq, attn, n)[0]
             module.train(was)
-            ref_logp = logp if ref is None else response_log_probs(ref, seq, attn, n)[0]
         kls += L.masked_mean(L.compute_approx_kl(logp, ref_logp, mask, "k1"), mask, dim=-1).tolist()
         ents += L.masked_mean(ent, mask, dim=-1).tolist()
         lengths += mask.sum(-1).tolist()
@@ -204,7 +209,7 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
     for s in range(0, len(eval_rows), ppo.micro_rollout_batch_size):
         chunk = eval_rows[s:s + ppo.micro_rollout_batch_size]
         with decode_threads():
-            res = sample(module, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
+            res = sample(decoder, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
                          pad, greedy=True, sync_ranks=True)
         greedy_texts += [decode_response(row, tokenizer, stops) for row in res.response_ids.tolist()]
     greedy_verdicts = [v for v in verifier_verdicts(eval_rows, greedy_texts) if v is not None]
@@ -294,7 +299,9 @@ def fingerprint(params: Params, ws: Workspace) -> str:
 
     tree = {"seed": params.seed, "method": params.method, "ppo": params.ppo.model_dump(mode="json"), "adversarial": adv,
             "reward": params.reward.model_dump(mode="json"), "deepspeed": ds, "world": E.world_size(),
-            "models": {k: getattr(params.models, k) for k in ("dtype", "critic_init", "gradient_checkpointing")},
+            "models": {**{k: getattr(params.models, k) for k in ("dtype", "critic_init", "gradient_checkpointing",
+                                                                  "reward_autocast")},
+                       "lora": params.models.lora.model_dump(mode="json")},
             "code": code_digest(),
             "inputs": {name: _md5(p) for name, p in (("sft", ws.sft), ("rm_warmup", ws.rm_warmup),
                                                      ("ifeval_train", ws.jsonl("ifeval", "train")),
@@ -380,7 +387,9 @@ def load_players(params: Params, ws: Workspace, start_round: int) -> Players:
     rd = ws.round_dir(start_round) if start_round else None
     policy_dir, reward_dir = (rd / "policy", rd / "reward") if rd else (ws.sft, ws.rm_warmup)
     tok = load_tokenizer(ws.sft, params.models)
-    critic = load_critic(rd / "critic", params, tok) if rd else build_critic(params, ws.sft, ws.rm_warmup, tok)
+    critic = None  # the group estimator is critic-free
+    if params.ppo.advantage_estimator == "gae":
+        critic = load_critic(rd / "critic", params, tok) if rd else build_critic(params, ws.sft, ws.rm_warmup, tok)
     rm_model, rm_tok = load_reward_model(reward_dir, params.models)
     # The RM keeps one engine (and optimizer) over all rounds; constant LR for the same reason as PPO (ppo_optim).
     rm_lr = params.adversarial.rm_learning_rate or params.reward.optim.learning_rate
@@ -390,7 +399,8 @@ def load_players(params: Params, ws: Workspace, start_round: int) -> Players:
     if rd:
         info = json.loads((rd / ROUND_FILE).read_text(encoding="utf-8"))
         for name, eng in (("actor", models.actor), ("critic", models.critic), ("reward", models.reward)):
-            E.load_engine_state(eng, rd / "state" / name)
+            if eng is not None:
+                E.load_engine_state(eng, rd / "state" / name)
         models.kl_ctl.load_state_dict(info["kl_ctl"])
         load_rng(rng_file(rd))
     val_ifeval = ws.jsonl("ifeval", "validation")
@@ -426,23 +436,30 @@ def baseline_health(params: Params, ws: Workspace, policy_dir: Optional[Path] = 
     rm, rm_tok = load_reward_model(ws.rm_warmup, params.models)
     policy, rm = E.build_inference_engine(policy, params), E.build_inference_engine(rm, params)
     val_rows = load_rm_rows(val_rm) if val_rm.is_file() else []
+    from gapo.train.ppo import PPOModels, rollout_policy
+
+    decoder = rollout_policy(PPOModels(actor=policy, critic=None, ref=ref, reward=rm, tokenizer=tok,
+                                       reward_tokenizer=rm_tok), params)
     return adversarial_health(policy, ref, rm, tok, rm_tok, read_jsonl(val_ifeval)[:n],
                               [r for r in val_rows if int(r["label"]) == 1][:n],
                               load_rm_rows(val_rm, limit=n, seed=params.seed) if val_rm.is_file() else [],
-                              params, seed=params.seed + 7919 * (k + 1))
+                              params, seed=params.seed + 7919 * (k + 1), decoder=decoder)
 
 
 def health_of(players: Players, params: Params, k: int) -> dict:
     m = players.ppo
+    from gapo.train.ppo import rollout_policy
+
     return adversarial_health(m.actor, m.ref, m.reward, m.tokenizer, m.reward_tokenizer, players.eval_prompts,
-                              players.eval_positives, players.eval_pp, params, seed=params.seed + 7919 * (k + 1))
+                              players.eval_positives, players.eval_pp, params, seed=params.seed + 7919 * (k + 1),
+                              decoder=rollout_policy(m, params))
 
 
 # ============================================================================================ one round
 def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) -> dict:
     """Round k of the game: (a) fakes, (b) RM set, (c) RM step, (d) PPO step, (e) checkpoint."""
     from gapo.train import engine as E
-    from gapo.train.ppo import Where, ppo_iteration, rank_share
+    from gapo.train.ppo import Where, ppo_iteration, rank_share, rollout_policy
     from gapo.train.reward import train_reward_model
 
     adv, m = params.adversarial, players.ppo
@@ -452,7 +469,8 @@ def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) 
     if params.method == "gapo":
         # (a) the current generator answers fresh training prompts
         fake_prompts = prompt_slice(players.train_prompts, k, adv.prompts_per_round, params.seed, "fakes")
-        fakes = gather_rows(generate_fakes(m.actor, m.tokenizer, rank_share(fake_prompts), params, k))
+        decoder = rollout_policy(m, params)  # bf16 copy of the current generator (the actor itself without autocast)
+        fakes = gather_rows(generate_fakes(decoder, m.tokenizer, rank_share(fake_prompts), params, k))
         # (b) every sample joins the RM set, next to the reference answer for its prompt; labelled 0 (the paper)
         # or by the verifier (adversarial.fake_labels, docs/method.md §9.4)
         rm_set = build_rm_round_set(players.pref_rows, fakes if adv.fake_ratio > 0 else [], adv.fake_ratio,
@@ -476,6 +494,8 @@ def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) 
         ppo_stats.append(ppo_iteration(m, rows, params, where, seed=params.seed + 1009 * k + e))
     last = ppo_stats[-1]
     record.update(rollout_reward=sum(s["reward"] for s in ppo_stats) / len(ppo_stats),
+                  rollout_rm_verifier_auc=_nanmean([s["rm_verifier_auc"] for s in ppo_stats]),
+                  ratio_dev_first=max(s["ratio_dev_first"] for s in ppo_stats),
                   rollout_pass_rate=sum(s["pass_rate"] for s in ppo_stats) / len(ppo_stats),
                   rollout_kl=last["kl"], policy_loss=last["policy_loss"], value_loss=last["value_loss"],
                   clipfrac=last["clipfrac"], kl_coef=last["kl_coef"], ppo_steps=where.step, ppo=ppo_stats)
@@ -493,6 +513,11 @@ def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) 
     return record
 
 
+def _nanmean(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
 def save_round(players: Players, ws: Workspace, k: int, fp: str, record: dict) -> None:
     from gapo.io import write_json
     from gapo.models.critic import save_critic
@@ -504,10 +529,12 @@ def save_round(players: Players, ws: Workspace, k: int, fp: str, record: dict) -
         shutil.rmtree(rd)  # a partial or stale round from an earlier run
     E.barrier()
     E.save_hf(m.actor, m.tokenizer, rd / "policy")
-    save_critic(m.critic, rd / "critic")
+    if m.critic is not None:
+        save_critic(m.critic, rd / "critic")
     E.save_hf(m.reward, m.reward_tokenizer, rd / "reward")
     for name, eng in (("actor", m.actor), ("critic", m.critic), ("reward", m.reward)):
-        E.save_engine_state(eng, rd / "state" / name, {"round": k})
+        if eng is not None:
+            E.save_engine_state(eng, rd / "state" / name, {"round": k})
     save_rng(rng_file(rd))
     E.barrier()
     if E.is_main():

@@ -233,7 +233,7 @@ def _per_side_collator(pad_token_id: int):
     return collate
 
 
-def _dpo_trainer(policy, ref, tok, dataset, params: Params, out_dir: Path, steps: int):
+def _dpo_trainer(policy, ref, tok, dataset, params: Params, out_dir: Path, steps: int, peft_config=None):
     from trl import DPOConfig, DPOTrainer
 
     class PerSidePromptDPOTrainer(DPOTrainer):
@@ -249,17 +249,19 @@ def _dpo_trainer(policy, ref, tok, dataset, params: Params, out_dir: Path, steps
     from gapo.models.prompting import pad_token_id
 
     return PerSidePromptDPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset,
-                                   processing_class=tok, data_collator=_per_side_collator(pad_token_id(tok)))
+                                   processing_class=tok, data_collator=_per_side_collator(pad_token_id(tok)),
+                                   peft_config=peft_config)
 
 
-def _kto_trainer(policy, ref, tok, dataset, params: Params, out_dir: Path, steps: int):
+def _kto_trainer(policy, ref, tok, dataset, params: Params, out_dir: Path, steps: int, peft_config=None):
     from trl import KTOConfig, KTOTrainer
 
     args = KTOConfig(**training_kwargs(params, out_dir, steps), beta=params.baselines.beta)
-    return KTOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tok)
+    return KTOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tok,
+                      peft_config=peft_config)
 
 
-def _odds_trainer(method: str, policy, tok, dataset, params: Params, out_dir: Path, steps: int):
+def _odds_trainer(method: str, policy, tok, dataset, params: Params, out_dir: Path, steps: int, peft_config=None):
     """ORPO (trl.experimental.orpo) or SimPO (trl.experimental.cpo, loss_type="simpo", cpo_alpha=0): reference-free,
     tokenised by our `encode_pair` through an overridden `tokenize_row` (per-side prompts, SFT's convention)."""
     import warnings
@@ -291,7 +293,8 @@ def _odds_trainer(method: str, policy, tok, dataset, params: Params, out_dir: Pa
                 out[f"{side}_labels"] = [-100] * len(prompt) + enc[f"{side}_ids"]
             return out
 
-    return PerSidePromptTrainer(model=policy, args=args, train_dataset=dataset, processing_class=tok)
+    return PerSidePromptTrainer(model=policy, args=args, train_dataset=dataset, processing_class=tok,
+                                peft_config=peft_config)
 
 
 def _loss_curve(trainer) -> list[tuple[int, float]]:
@@ -336,19 +339,28 @@ def train_trl(params: Params, ws: Workspace, out_policy: Path) -> dict:
                                      for p in pairs])
         steps = num_steps(len(pairs), params)
     t0 = time.perf_counter()
+    # LoRA: TRL trains the adapter and, with ref_model=None, uses the base with the adapter off as the reference
+    # (no second copy); the adapter is merged before saving, so the policy loads with plain transformers.
+    peft = None
+    if params.models.lora.enabled:
+        from gapo.models.adapters import lora_config
+
+        peft = lora_config(policy, params.models.lora)
     with tempfile.TemporaryDirectory(prefix=f"gapo-{method}-", dir=ws.checkpoints) as tmp:
         if method in ("dpo", "kto"):
-            ref, _ = load_policy(ws.sft, params.models, role="reference")
+            ref = None if peft is not None else load_policy(ws.sft, params.models, role="reference")[0]
             build = _dpo_trainer if method == "dpo" else _kto_trainer
-            trainer = build(policy, ref, tok, dataset, params, Path(tmp), steps)
+            trainer = build(policy, ref, tok, dataset, params, Path(tmp), steps, peft)
         else:
-            trainer = _odds_trainer(method, policy, tok, dataset, params, Path(tmp), steps)
+            trainer = _odds_trainer(method, policy, tok, dataset, params, Path(tmp), steps, peft)
         if not trainer.is_deepspeed_enabled:  # the TRL path must run in the same engines as every other model
             raise ConfigError(f"method {method}: the HF Trainer did not enable DeepSpeed")
         trainer.train()
         curve = _loss_curve(trainer)
         logged = _last_logged(trainer, "rewards/accuracies", "rewards/margins", "kl", "train_loss")
         model = trainer.accelerator.unwrap_model(trainer.model)
+        if peft is not None:
+            model = model.merge_and_unload()
         if E.is_main():
             save_pretrained(model, tok, out_policy)
         E.barrier()
@@ -478,7 +490,7 @@ def train_ppo_decoder(params: Params, ws: Workspace, out_policy: Path, out_rm: P
     del rm_engine
     reward = E.build_inference_engine(rm_module, params)
     tok_policy = rm_tok
-    critic = build_critic(params, ws.sft, ws.rm_warmup, tok_policy)
+    critic = build_critic(params, ws.sft, ws.rm_warmup, tok_policy) if params.ppo.advantage_estimator == "gae" else None
     models = build_ppo_models(params, ws.sft, ws.sft, critic, reward, rm_tok)
     prompts = read_jsonl(ws.jsonl("ifeval", "train"))
     n, stats = params.ppo.rollout_batch_size, []

@@ -260,14 +260,33 @@ def consolidated_state_dict(engine) -> Optional[dict]:
 
 
 def save_hf(engine, tokenizer, out_dir: str | Path, extra_json: Optional[dict] = None) -> Path:
-    """Save the engine's model as an HF directory (safetensors). Collective; rank 0 writes, the others wait."""
+    """Save the engine's model as an HF directory (safetensors). Collective; rank 0 writes, the others wait.
+    A LoRA policy is saved merged (base + adapter delta, base key names): every checkpoint loads with plain
+    transformers, and the registry serves it as is."""
+    from gapo.models.adapters import has_lora, merged_state_dict
     from gapo.models.loading import save_pretrained
 
     state = engine._zero3_consolidated_16bit_state_dict() if _is_zero3(engine) else None
+    if has_lora(unwrap(engine)):
+        state = merged_state_dict(unwrap(engine)) if state is None else _merge_lora_keys(unwrap(engine), state)
     if is_main():
         save_pretrained(unwrap(engine), tokenizer, out_dir, extra_json=extra_json, state_dict=state)
     barrier()
     return Path(out_dir)
+
+
+def _merge_lora_keys(module, state: Optional[dict]) -> Optional[dict]:
+    """ZeRO-3: the consolidated state dict of a LoRA module, merged the same way (rank 0 holds it)."""
+    if state is None:
+        return None
+    from gapo.models.adapters import merged_state_dict
+
+    original = {k: v.clone() for k, v in module.state_dict().items()}
+    module.load_state_dict(state, strict=False)
+    try:
+        return merged_state_dict(module)
+    finally:
+        module.load_state_dict(original, strict=False)
 
 
 def save_engine_state(engine, state_dir: str | Path, client_state: Optional[dict] = None) -> Path:

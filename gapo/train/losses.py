@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "masked_mean", "masked_var", "masked_whiten", "log_probs_from_logits", "entropy_from_logits",
-    "compute_approx_kl", "compute_reward", "get_advantages_and_returns", "policy_loss", "value_loss",
+    "compute_approx_kl", "compute_reward", "get_advantages_and_returns", "group_relative_scores", "pad_right",
+    "policy_loss", "value_loss",
     "FixedKLController", "AdaptiveKLController", "build_kl_controller",
 ]
 
@@ -162,6 +163,32 @@ def get_advantages_and_returns(values: torch.Tensor, rewards: torch.Tensor, acti
     advantages = torch.stack(reversed_adv[::-1], dim=1)
     returns = advantages + values
     return advantages.detach(), returns.detach()
+
+
+def group_relative_scores(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Leave-one-out baseline (RLOO, Ahmadian et al. 2024): s_i − mean of the OTHER G−1 scores of its group.
+
+    `scores`: (B,) with the G samples of each prompt consecutive (B a multiple of G). Unlike GRPO's (s − mean)/std,
+    no division: a group whose samples all score alike gives zeros, not noise blown up by a tiny std. The LOO
+    mean keeps the estimator unbiased (a sample's own score is not in its baseline).
+    """
+    if group_size < 2 or scores.numel() % group_size:
+        raise ValueError(f"group_relative_scores: {scores.numel()} scores do not split into groups of {group_size} "
+                         "(need group_size >= 2)")
+    g = scores.view(-1, group_size)
+    others = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
+    return (g - others).reshape(-1)
+
+
+def pad_right(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row 1-D tensors of different lengths -> (B, T) right-padded with 0, and the (B, T) 0/1 mask."""
+    T = max((r.numel() for r in rows), default=0)
+    out = torch.zeros((len(rows), T))
+    mask = torch.zeros((len(rows), T))
+    for i, r in enumerate(rows):
+        out[i, : r.numel()] = r.float()
+        mask[i, : r.numel()] = 1.0
+    return out, mask
 
 
 # ---------------------------------------------------------------------------------------------- losses

@@ -3,12 +3,14 @@
 This module owns one PPO *iteration* and the pieces it is made of; gapo.train.adversarial composes them into
 the GAPO rounds. One iteration on a batch of prompts:
 
-1. `make_experience`: sample responses with the batched KV-cached sampler (gapo.train.sampler), then for every
-   response token the actor's log-prob (π_old), the frozen reference's log-prob (π_ref) and the critic's value;
+1. `make_experience`: sample responses with the batched KV-cached sampler (gapo.train.sampler; from a bf16 copy
+   of the policy when `ppo.autocast` is on), then for every response token the actor's log-prob (π_old), the
+   frozen reference's log-prob (π_ref; with LoRA the same base, adapter off) and the critic's value (GAE only);
    the reward of a response is the RM's score of the DECODED text re-tokenised with the RM's own tokenizer
    (never the policy's ids: gapo-paper.md §8 bug 5), as a sigmoid probability or a raw logit
    (`reward.score`). Per-token reward r_t = −β·KL_t, plus the clipped score on the last response token;
-   GAE(γ, λ) gives advantages and returns (gapo.train.losses).
+   GAE(γ, λ) gives advantages and returns (gapo.train.losses), or, critic-free (`ppo.advantage_estimator:
+   group`), the score minus the mean score of the other samples of the same prompt (`group_advantages`).
 2. `whiten_advantages`: one global mean/std over the whole rollout batch (all ranks).
 3. `ppo_train`: `max_epochs` passes over the rollouts in minibatches of `train_batch_size` (micro-batches of
    `micro_train_batch_size`, gradient accumulation inside the DeepSpeed engines); clipped policy loss on the
@@ -47,8 +49,10 @@ from gapo.train.losses import (build_kl_controller, compute_approx_kl, compute_r
 # ------------------------------------------------------------------------------------------ containers
 @dataclass
 class PPOModels:
-    """Everything a PPO iteration touches. `actor` and `critic` are DeepSpeed training engines, `ref` is the frozen
-    SFT policy, `reward` the RM (engine or module) with its own tokenizer; `tokenizer` is the policy's."""
+    """Everything a PPO iteration touches. `actor` and `critic` are DeepSpeed training engines (`critic` is None
+    for the critic-free `ppo.advantage_estimator: group`), `ref` is the frozen SFT policy (with LoRA: the actor's
+    own base, adapter off), `reward` the RM (engine or module) with its own tokenizer; `tokenizer` is the
+    policy's. `rollout_copy` is the bf16 copy the sampler decodes with (refreshed every episode)."""
 
     actor: Any
     critic: Any
@@ -57,6 +61,7 @@ class PPOModels:
     tokenizer: Any
     reward_tokenizer: Any
     kl_ctl: Any = None
+    rollout_copy: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -113,6 +118,33 @@ def decode_threads(n: int = 1):
         yield
     finally:
         torch.set_num_threads(prev)
+
+
+def forward_autocast(params: Params, device: torch.device):
+    """bf16 autocast for the policy's forwards (`ppo.autocast`); log-probs, ratios, KL and advantages are computed
+    from float32 logits (`log_probs_from_logits` upcasts) and stay float32."""
+    from gapo.models.loading import autocast_context
+
+    return autocast_context(device.type, params.ppo.autocast, params.models)
+
+
+def rollout_policy(models: PPOModels, params: Params):
+    """The module the sampler decodes with: with bf16 autocast on, a bf16 copy of the current policy (adapters
+    merged), refreshed from the actor; else the actor itself. Decoding multiplies a few rows by every weight each
+    step, so autocast would re-cast all 135 M weights per token; the copy casts them once per episode."""
+    import contextlib
+
+    from gapo.models.adapters import has_lora, merged_state_dict
+    from gapo.train.sampler import bf16_decoder
+
+    actor = _module(models.actor)
+    no_autocast = isinstance(forward_autocast(params, models.device), contextlib.nullcontext)
+    partitioned = any(hasattr(p, "ds_id") for p in actor.parameters())  # ZeRO-3: gathered inside the forward
+    if no_autocast or partitioned or not hasattr(actor, "config"):
+        return actor
+    state = merged_state_dict(actor) if has_lora(actor) else None
+    models.rollout_copy = bf16_decoder(actor, state, into=models.rollout_copy)
+    return models.rollout_copy
 
 
 # ------------------------------------------------------------------------------------------ optimisation setup
@@ -226,24 +258,33 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
     rollouts: list[Rollout] = []
     acc: dict[str, list[float]] = {"reward": [], "kl": [], "entropy": [], "response_length": [], "pass": []}
     clock = {"rollout": 0.0, "forward": 0.0, "reward": 0.0}  # seconds per phase (timing/<phase>_s, docs/benchmarks.md)
-    actor, critic = _module(models.actor), _module(models.critic)
+    group = ppo.advantage_estimator == "group"
+    t_copy = time.perf_counter()
+    decoder = rollout_policy(models, params)
+    clock["rollout"] += time.perf_counter() - t_copy
+    actor = _module(models.actor)
+    critic = _module(models.critic) if models.critic is not None else None
     actor.eval()
-    critic.eval()
+    if critic is not None:
+        critic.eval()
+    kls: list[torch.Tensor] = []  # per-token KL per rollout (the group estimator shapes rewards after the loop)
     bar = tqdm(range(0, len(expanded), ppo.micro_rollout_batch_size), desc=f"{where.stage} rollouts",
                disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False, mininterval=1.0)
     for start in bar:
         chunk = expanded[start:start + ppo.micro_rollout_batch_size]
         t0 = time.perf_counter()
         with decode_threads():
-            s = sample(actor, encode_prompts(chunk, tok, ppo.prompt_max_len), ppo.generate_max_len, stops, pad,
+            s = sample(decoder, encode_prompts(chunk, tok, ppo.prompt_max_len), ppo.generate_max_len, stops, pad,
                        greedy=False, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, sync_ranks=True)
         seq, attn = s.sequences.to(device), s.attention_mask.to(device)
         mask = s.action_mask.to(device).float()
         n = mask.size(1)
         t1 = time.perf_counter()
-        logp, ent = response_log_probs(actor, seq, attn, n, with_entropy=True)
-        ref_logp, _ = response_log_probs(models.ref, seq, attn, n)
-        values = response_values(critic, seq, attn, n).float()
+        with forward_autocast(params, device):
+            logp, ent = response_log_probs(actor, seq, attn, n, with_entropy=True)
+            ref_logp, _ = response_log_probs(models.ref, seq, attn, n)
+            values = (response_values(critic, seq, attn, n).float() if critic is not None
+                      else torch.zeros_like(logp))
         t2 = time.perf_counter()
         # The RM reads TEXT in its own tokenizer: decode the policy's response, never pass its ids (§8 bug 5).
         texts = [decode_response(ids, tok, stops) for ids in s.response_ids.tolist()]
@@ -262,12 +303,16 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
         score = inject_nan("ppo.reward", score, round=where.round, step=where.step)  # fault-injection hook
         check_finite(score, "reward-model score", where)
         kl = compute_approx_kl(logp, ref_logp, mask, ppo.kl_estimator)
-        rewards = compute_reward(score, kl_coef, kl, mask, tuple(ppo.reward_clip_range))
-        adv, ret = get_advantages_and_returns(values, rewards, mask, ppo.gamma, ppo.lambd)
-        adv = inject_nan("ppo.advantages", adv, round=where.round, step=where.step)  # fault-injection hook
-        check_finite(adv, "advantages", where)
-        check_finite(ret, "returns", where)
+        if group:  # advantages need every sample of a prompt: computed after the loop
+            adv = ret = torch.zeros_like(kl)
+        else:
+            rewards = compute_reward(score, kl_coef, kl, mask, tuple(ppo.reward_clip_range))
+            adv, ret = get_advantages_and_returns(values, rewards, mask, ppo.gamma, ppo.lambd)
+            adv = inject_nan("ppo.advantages", adv, round=where.round, step=where.step)  # fault-injection hook
+            check_finite(adv, "advantages", where)
+            check_finite(ret, "returns", where)
         lengths = mask.sum(dim=1).long().tolist()
+        kls += [kl[i, :L].cpu() for i, L in enumerate(lengths)]
         for i, L in enumerate(lengths):
             P = int(s.attention_mask[i, :s.prompt_len].sum())
             rollouts.append(Rollout(prompt_ids=s.sequences[i, s.prompt_len - P:s.prompt_len].cpu(),
@@ -280,11 +325,40 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
         acc["entropy"] += masked_mean(ent, mask, dim=-1).tolist()
         acc["response_length"] += [float(x) for x in lengths]
         acc["pass"] += [float(v) for v in verdicts if v is not None]
+    if group:
+        group_advantages(rollouts, kls, ppo.n_samples_per_prompt, kl_coef, params, where)
     actor.train()
-    critic.train()
+    if critic is not None:
+        critic.train()
     stats = {k if k != "pass" else "pass_rate": (sum(v) / len(v) if v else float("nan")) for k, v in acc.items()}
+    # Does the reward follow the verifier on the very samples PPO learns from? (0.5: no; NaN: all pass or all fail)
+    from gapo.train.reward import roc_auc
+
+    checked = [(r.score, float(r.passed)) for r in rollouts if r.passed is not None]
+    stats["rm_verifier_auc"] = roc_auc([c[0] for c in checked], [c[1] for c in checked]) if checked else float("nan")
     stats.update({f"timing/{k}_s": round(v, 3) for k, v in clock.items()})
     return rollouts, stats
+
+
+def group_advantages(rollouts: list[Rollout], kls: list[torch.Tensor], group_size: int, kl_coef: float,
+                     params: Params, where: Where) -> None:
+    """Critic-free advantages (RLOO, Ahmadian et al. 2024): each sample's clipped score minus the mean score of the
+    OTHER samples of its prompt, then the per-token KL penalty as in GAE's rewards, summed to go (γ = ppo.gamma,
+    λ = 1, V = 0). The rollouts of one prompt are consecutive (make_experience repeats each prompt)."""
+    from gapo.train.losses import group_relative_scores, pad_right
+
+    ppo = params.ppo
+    scores = torch.tensor([r.score for r in rollouts]).clamp(*ppo.reward_clip_range)
+    centred = group_relative_scores(scores, group_size)
+    kl, mask = pad_right(kls)
+    rewards = compute_reward(centred, kl_coef, kl, mask)
+    adv, _ = get_advantages_and_returns(torch.zeros_like(kl), rewards, mask, ppo.gamma, 1.0)
+    adv = inject_nan("ppo.advantages", adv, round=where.round, step=where.step)  # fault-injection hook
+    check_finite(adv, "advantages", where)
+    for i, r in enumerate(rollouts):
+        L = r.response_ids.numel()
+        r.advantages = adv[i, :L].clone()
+        r.returns = adv[i, :L].clone()
 
 
 def whiten_advantages(rollouts: list[Rollout], eps: float = 1e-8) -> None:
@@ -349,7 +423,9 @@ def ppo_train(models: PPOModels, rollouts: list[Rollout], params: Params, where:
     n_steps = ppo.max_epochs * math.ceil(len(rollouts) / per_rank)
     bar = tqdm(total=n_steps, desc=f"{where.stage} train", disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False)
     models.actor.train()
-    models.critic.train()
+    if models.critic is not None:
+        models.critic.train()
+    first_ratio_dev = None
     for _ in range(ppo.max_epochs):
         order = list(range(len(rollouts)))
         rng.shuffle(order)
@@ -362,18 +438,24 @@ def ppo_train(models: PPOModels, rollouts: list[Rollout], params: Params, where:
                 seq, attn, mask = batch["sequences"], batch["attention_mask"], batch["action_mask"]
                 n = mask.size(1)
                 # actor: clipped surrogate against π_old (the released code's PPO, not the paper's L_G, §9 item 6)
-                logp, ent = response_log_probs(models.actor, seq, attn, n, with_entropy=True)
+                with forward_autocast(params, device):
+                    logp, ent = response_log_probs(models.actor, seq, attn, n, with_entropy=True)
+                if first_ratio_dev is None:  # before any update π = π_old: how far the bf16 forward drifts
+                    first_ratio_dev = float(masked_mean((logp.detach() - batch["log_probs"]).exp().sub(1).abs(), mask))
                 pl, pstats = policy_loss(logp, batch["log_probs"], batch["advantages"], mask, ppo.eps_clip)
                 pl = inject_nan("ppo.policy_loss", pl, round=where.round, step=where.step)  # fault-injection hook
                 check_finite(pl, "policy loss", where)
                 models.actor.backward(pl)
                 models.actor.step()
                 # critic: clipped value loss towards the GAE returns (the paper's L_V is the unclipped MSE)
-                values = response_values(models.critic, seq, attn, n).float()
-                vl = value_loss(values, batch["values"], batch["returns"], mask, ppo.value_clip)
-                check_finite(vl, "value loss", where)
-                models.critic.backward(vl)
-                models.critic.step()
+                vl = torch.zeros(())
+                if models.critic is not None:
+                    with forward_autocast(params, device):
+                        values = response_values(models.critic, seq, attn, n).float()
+                    vl = value_loss(values, batch["values"], batch["returns"], mask, ppo.value_clip)
+                    check_finite(vl, "value loss", where)
+                    models.critic.backward(vl)
+                    models.critic.step()
                 for k, v in (("policy_loss", pl.item()), ("value_loss", vl.item()),
                              ("clipfrac", pstats["clipfrac"]), ("ppo_kl", pstats["ppo_kl"]),
                              ("train_entropy", float(masked_mean(ent, mask)))):
@@ -383,6 +465,7 @@ def ppo_train(models: PPOModels, rollouts: list[Rollout], params: Params, where:
             bar.set_postfix(pl=f"{sums['policy_loss'] / n_micro:.3f}", vl=f"{sums['value_loss'] / n_micro:.3f}")
     bar.close()
     means = {k: v / max(n_micro, 1) for k, v in sums.items()}
+    means["ratio_dev_first"] = first_ratio_dev if first_ratio_dev is not None else float("nan")
     return dict(zip(means, E.all_reduce_mean(list(means.values()))))
 
 
@@ -400,7 +483,8 @@ def policy_loss_on(models: PPOModels, rollouts: list[Rollout], params: Params) -
     for i in range(0, len(rollouts), ppo.micro_train_batch_size):
         chunk = rollouts[i:i + ppo.micro_train_batch_size]
         b = collate_rollouts(chunk, pad_token_id(models.tokenizer), models.device)
-        logp, _ = response_log_probs(actor, b["sequences"], b["attention_mask"], b["action_mask"].size(1))
+        with forward_autocast(params, models.device):
+            logp, _ = response_log_probs(actor, b["sequences"], b["attention_mask"], b["action_mask"].size(1))
         loss, _ = policy_loss(logp, b["log_probs"], b["advantages"], b["action_mask"], ppo.eps_clip)
         total += float(loss) * len(chunk)
         count += len(chunk)
@@ -437,24 +521,36 @@ def disable_dropout(model) -> None:
 
 
 def build_ppo_models(params: Params, policy_dir, reference_dir, critic_model, reward, reward_tokenizer) -> PPOModels:
-    """Actor (from `policy_dir`) and `critic_model` (a gapo.models.critic.Critic) as DeepSpeed training engines,
-    the frozen reference (`reference_dir`, the SFT policy), and the given RM (engine or module) + tokenizer."""
+    """Actor (from `policy_dir`) and `critic_model` (a gapo.models.critic.Critic, or None for the critic-free
+    group estimator) as DeepSpeed training engines, the frozen reference (`reference_dir`, the SFT policy), and the
+    given RM (engine or module) + tokenizer. With `models.lora.enabled` the actor is `reference_dir` plus a new
+    LoRA adapter (`policy_dir` is then ignored: a resumed adapter comes back with the engine state), and the
+    reference is that same base with the adapter off."""
+    from gapo.models.adapters import AdapterOff, add_lora
     from gapo.models.loading import load_policy
     from gapo.train import engine as E
 
     _, world = E.init_distributed()
     check_batch_sizes(params, world)
     eng_params = with_ppo_clipping(params)
-    actor_model, tok = load_policy(policy_dir, params.models)
-    ref_model, _ = load_policy(reference_dir, params.models, role="reference")
+    lora = params.models.lora.enabled
+    actor_model, tok = load_policy(reference_dir if lora else policy_dir, params.models)
+    if lora:
+        actor_model = add_lora(actor_model, params.models.lora)
     disable_dropout(actor_model)
-    disable_dropout(critic_model)
     big = 10**9  # constant LR: the schedule length is irrelevant (ppo_optim)
     actor = E.build_train_engine(actor_model, eng_params, ppo_optim(params, params.ppo.actor_learning_rate, world),
                                  big)
-    critic = E.build_train_engine(critic_model, eng_params,
-                                  ppo_optim(params, params.ppo.critic_learning_rate, world), big)
-    ref = E.build_inference_engine(ref_model, params)
+    critic = None
+    if critic_model is not None:
+        disable_dropout(critic_model)
+        critic = E.build_train_engine(critic_model, eng_params,
+                                      ppo_optim(params, params.ppo.critic_learning_rate, world), big)
+    if lora:
+        ref = AdapterOff(actor.module)
+    else:
+        ref_model, _ = load_policy(reference_dir, params.models, role="reference")
+        ref = E.build_inference_engine(ref_model, params)
     kl_ctl = build_kl_controller(params.ppo.init_kl_coef, params.ppo.kl_target, params.ppo.kl_horizon)
     return PPOModels(actor=actor, critic=critic, ref=ref, reward=reward, tokenizer=tok,
                      reward_tokenizer=reward_tokenizer, kl_ctl=kl_ctl)
@@ -485,7 +581,8 @@ def run_ppo_smoke(params: Params, ws, iterations: int = 1) -> dict:
     from gapo.models.critic import build_critic
     from gapo.models.loading import load_reward_model, load_tokenizer
 
-    critic = build_critic(params, ws.sft, ws.rm_warmup, load_tokenizer(ws.sft, params.models))
+    critic = (build_critic(params, ws.sft, ws.rm_warmup, load_tokenizer(ws.sft, params.models))
+              if params.ppo.advantage_estimator == "gae" else None)
     rm, rm_tok = load_reward_model(ws.rm_warmup, params.models)
     models = build_ppo_models(params, ws.sft, ws.sft, critic, E.build_inference_engine(rm, params), rm_tok)
     n = params.ppo.rollout_batch_size

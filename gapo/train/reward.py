@@ -13,6 +13,12 @@ API
       sigmoid probability (`reward.score: prob`, the paper's R(c, t) in (0, 1)) or the raw logit (`logit`, as
       OpenRLHF). Responses are TEXT (decode policy ids first): the RM has its own tokenizer.
 - `roc_auc(scores, labels)` -> float     Mann-Whitney U with tied ranks averaged
+- `pair_breakdown(rows, scores, threshold=0.0)` -> {overall, by_perturbation, by_instruction,
+      by_perturbation_instruction, skipped_keys}: row and pair accuracy per PP perturbation kind (modify/insert)
+      and per perturbed constraint type, derived from the two RM rows of each key
+- `rm_keeps_facts(model)` -> bool   the prompt layout (`reward.prompt_facts`) the warm-up stored in the RM's config;
+      `rm_logits`/`rm_score`/`evaluate_reward_model` encode with it
+- `freeze_bottom_layers(model, n)` -> trainable parameter count   (`reward.freeze_layers`, warm-up only)
 - `run_rm_warmup(params, ws)` / `run_rm_warmup_stage(params, ws)`   the `rm_warmup` stage
 - `python -m gapo.train.reward --params P --workdir W [--summary S]`   (what the launchers run)
 
@@ -63,12 +69,12 @@ def load_rm_rows(path, limit: int = 0, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _encode_rows(rows: Sequence[dict], tokenizer, max_length: int) -> list[Encoded]:
+def _encode_rows(rows: Sequence[dict], tokenizer, max_length: int, facts: bool = True) -> list[Encoded]:
     from gapo.models.rm_inputs import encode_pair_ids
 
     out = []
     for r in rows:
-        ids, types, _ = encode_pair_ids(tokenizer, r["prompt"], r["response"], max_length)
+        ids, types, _ = encode_pair_ids(tokenizer, r["prompt"], r["response"], max_length, facts)
         out.append((ids, types, float(r["label"])))
     return out
 
@@ -116,6 +122,35 @@ def _collate(encoded: Sequence[Encoded], pad_id: int, with_types: bool) -> dict:
     return out
 
 
+LAYOUT_KEY = "gapo_rm_prompt_facts"  # config.json attribute: the prompt layout the RM was trained with
+
+
+def rm_keeps_facts(model) -> bool:
+    """Whether this RM reads the product facts (`reward.prompt_facts`); the warm-up stores the layout in the model's
+    config, so every later scorer (PPO, rounds, evaluate) encodes as the RM was trained. Absent = keep."""
+    cfg = getattr(getattr(model, "module", model), "config", None)
+    return getattr(cfg, LAYOUT_KEY, "keep") != "drop"
+
+
+def freeze_bottom_layers(model, n: int) -> int:
+    """Freeze the embeddings and the first `n` encoder layers (BERT-family `encoder.layer`); returns how many
+    parameters stay trainable. n = 0 leaves the model as it is."""
+    from gapo.config import ConfigError
+
+    if n <= 0:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None) or getattr(model, "base_model", None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if base is None or layers is None or not hasattr(base, "embeddings"):
+        raise ConfigError("reward.freeze_layers: the reward model has no BERT-style embeddings/encoder.layer")
+    if n >= len(layers):
+        raise ConfigError(f"reward.freeze_layers: {n} must be below the encoder's {len(layers)} layers")
+    base.embeddings.requires_grad_(False)
+    for layer in layers[:n]:
+        layer.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def _uses_types(tokenizer) -> bool:
     return "token_type_ids" in getattr(tokenizer, "model_input_names", [])
 
@@ -144,6 +179,68 @@ def roc_auc(scores: Sequence[float], labels: Sequence[float]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def _pair_perturbation(chosen: dict, rejected: dict) -> tuple[str, str]:
+    """(kind, instruction) of a preferential-prompt pair, from its two RM rows alone: `insert` when the rejected
+    prompt has the chosen one's constraints plus one (the instruction is the added one), else `modify` (the first
+    chosen instruction whose id or kwargs differ, i.e. PP's `perturbed_instruction_id`)."""
+    c_ids, r_ids = list(chosen.get("instruction_id_list") or []), list(rejected.get("instruction_id_list") or [])
+    c_kw, r_kw = list(chosen.get("kwargs") or [{}] * len(c_ids)), list(rejected.get("kwargs") or [{}] * len(r_ids))
+    if len(r_ids) == len(c_ids) + 1:
+        for i in range(len(r_ids)):
+            if r_ids[:i] + r_ids[i + 1:] == c_ids and r_kw[:i] + r_kw[i + 1:] == c_kw:
+                return "insert", r_ids[i]
+    for i, (cid, ckw) in enumerate(zip(c_ids, c_kw)):
+        if i >= len(r_ids) or r_ids[i] != cid or (r_kw[i] if i < len(r_kw) else {}) != ckw:
+            return "modify", cid
+    return "modify", c_ids[-1] if c_ids else "?"
+
+
+def pair_breakdown(rows: Sequence[dict], scores: Sequence[float], threshold: float = 0.0) -> dict:
+    """RM accuracy per perturbation kind and per perturbed constraint type on preferential-prompt rows.
+
+    `rows` are data/rm rows (two per `key`: label 1 under the chosen prompt, 0 under the rejected one), `scores`
+    their logits (or probabilities with threshold 0.5). Per group: `pairs`, `row_accuracy` (both rows classified
+    at the threshold, the number `accuracy` averages) and `pair_accuracy` (chosen scored above rejected, ties 1/2).
+    Keys without exactly one row of each label are skipped and counted in `skipped_keys`.
+    Returns {overall, by_perturbation, by_instruction, by_perturbation_instruction ("kind:id"), skipped_keys}."""
+    if len(rows) != len(scores):
+        raise ValueError(f"{len(rows)} rows but {len(scores)} scores")
+    groups: dict[str, list[tuple[dict, float]]] = {}
+    for r, s in zip(rows, scores):
+        groups.setdefault(str(r.get("key")), []).append((r, float(s)))
+    acc: dict[tuple[str, str], list[float]] = {}
+    skipped = 0
+
+    def add(group: tuple[str, str], row_hits: float, pair_hit: float) -> None:
+        a = acc.setdefault(group, [0, 0.0, 0.0])
+        a[0] += 1
+        a[1] += row_hits
+        a[2] += pair_hit
+
+    for members in groups.values():
+        pos = [m for m in members if float(m[0]["label"]) > 0.5]
+        neg = [m for m in members if float(m[0]["label"]) <= 0.5]
+        if len(pos) != 1 or len(neg) != 1:
+            skipped += 1
+            continue
+        (c, sc), (r, sr) = pos[0], neg[0]
+        kind, inst = _pair_perturbation(c, r)
+        row_hits = ((sc > threshold) + (sr <= threshold)) / 2
+        pair_hit = 1.0 if sc > sr else 0.5 if sc == sr else 0.0
+        for g in (("overall", ""), ("by_perturbation", kind), ("by_instruction", inst),
+                  ("by_perturbation_instruction", f"{kind}:{inst}")):
+            add(g, row_hits, pair_hit)
+
+    def stats(a: list[float]) -> dict:
+        return {"pairs": int(a[0]), "row_accuracy": a[1] / a[0], "pair_accuracy": a[2] / a[0]}
+
+    out: dict = {"overall": stats(acc[("overall", "")]) if ("overall", "") in acc else {"pairs": 0}}
+    for section in ("by_perturbation", "by_instruction", "by_perturbation_instruction"):
+        out[section] = {name: stats(a) for (sec, name), a in sorted(acc.items()) if sec == section}
+    out["skipped_keys"] = skipped
+    return out
+
+
 def _synced_batch_count(n: int) -> int:
     """Under ZeRO-3 each forward is a collective: every rank must run as many batches as the busiest one."""
     from gapo.train import engine as E
@@ -159,7 +256,8 @@ def _synced_batch_count(n: int) -> int:
 
 
 def rm_logits(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int,
-              batch_size: int = 32):
+              batch_size: int = 32, facts: Optional[bool] = None):
+    """`facts=None`: the layout stored in the RM (`rm_keeps_facts`)."""
     import torch
 
     from gapo.train.engine import _is_zero3
@@ -171,7 +269,7 @@ def rm_logits(model, tokenizer, prompts: Sequence[str], responses: Sequence[str]
     rows = [{"prompt": p, "response": r, "label": 0} for p, r in zip(prompts, responses)]
     if len(rows) != len(prompts) or len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    enc = _encode_rows(rows, tokenizer, max_length)
+    enc = _encode_rows(rows, tokenizer, max_length, rm_keeps_facts(model) if facts is None else facts)
     order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
     out = torch.empty(len(enc), dtype=torch.float32)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -233,7 +331,12 @@ def train_reward_model(model_or_engine, tokenizer, rows: Sequence[dict], params:
 
     optim = params.reward.optim
     rank, world = E.init_distributed()
-    enc = _encode_rows(rows, tokenizer, params.reward.max_length)
+    if not hasattr(model_or_engine, "backward"):  # a fresh RM (the warm-up): its layout and frozen layers
+        module = getattr(model_or_engine, "module", model_or_engine)
+        if getattr(module, "config", None) is not None:
+            setattr(module.config, LAYOUT_KEY, params.reward.prompt_facts)
+        freeze_bottom_layers(module, params.reward.freeze_layers)
+    enc = _encode_rows(rows, tokenizer, params.reward.max_length, rm_keeps_facts(model_or_engine))
     micro_total = math.ceil(len(enc) * epochs / optim.micro_batch_size)
     steps = max(1, micro_total // (optim.gradient_accumulation_steps * world))
     if hasattr(model_or_engine, "backward"):

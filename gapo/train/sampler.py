@@ -66,8 +66,11 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def logits_to_next_token(logits: torch.Tensor, greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                         top_k: int = 0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Next token per row from last-position logits [B, V]: argmax, or a sample after temperature, top-k, top-p."""
+                         top_k: int = 0, generator: Optional[torch.Generator] = None,
+                         rows: Optional[torch.Tensor] = None, batch: int = 0) -> torch.Tensor:
+    """Next token per row from last-position logits [B, V]: argmax, or a sample after temperature, top-k, top-p.
+    `rows`/`batch`: the logits are rows `rows` of a batch of `batch` (finished rows dropped): the random draw is
+    still made for the whole batch, so a seeded generator gives every row the same token as without dropping."""
     if greedy:
         return logits.argmax(dim=-1)
     logits = logits.float() / max(temperature, 1e-6)
@@ -81,10 +84,11 @@ def logits_to_next_token(logits: torch.Tensor, greedy: bool = False, temperature
         drop = probs.cumsum(-1) - probs >= top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return _sample_categorical(logits.softmax(-1), generator)
+    return _sample_categorical(logits.softmax(-1), generator, rows, batch)
 
 
-def _sample_categorical(probs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def _sample_categorical(probs: torch.Tensor, generator: Optional[torch.Generator] = None,
+                        rows: Optional[torch.Tensor] = None, batch: int = 0) -> torch.Tensor:
     """One draw per row from `probs` [B, V] by inverting the CDF: the first index whose cumulative mass exceeds
     u·total, u ~ U[0, 1). Same distribution as `torch.multinomial(probs, 1)` but ~10x cheaper on CPU (multinomial
     was 4.6 ms of a 35 ms decode step at 16×4096; this is 0.3 ms: benchmarks/rollout.py). The CDF is accumulated in
@@ -92,7 +96,10 @@ def _sample_categorical(probs: torch.Tensor, generator: Optional[torch.Generator
     index always has positive mass (a token masked by top-k/top-p can never be drawn)."""
     cdf = probs.double().cumsum(-1)
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, dtype=torch.float64, device=probs.device, generator=generator)
+    if rows is None:
+        u = torch.rand(total.shape, dtype=torch.float64, device=probs.device, generator=generator)
+    else:
+        u = torch.rand((batch, 1), dtype=torch.float64, device=probs.device, generator=generator)[rows]
     v = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, v, right=True).squeeze(-1)
 
@@ -180,6 +187,14 @@ class _StaticLlamaDecoder:
             self.k.append(kb)
             self.v.append(vb)
 
+    def keep(self, idx: torch.Tensor) -> None:
+        """Drop finished rows: keep rows `idx` (of the current batch) in the K/V buffers and the mask. A step then
+        costs what the rows still decoding cost; HF `generate` steps every row until the longest one ends."""
+        self.k = [k.index_select(0, idx) for k in self.k]
+        self.v = [v.index_select(0, idx) for v in self.v]
+        self.mask = self.mask.index_select(0, idx)
+        self.B = idx.numel()
+
     @staticmethod
     def supports(module) -> bool:
         cfg = getattr(module, "config", None)
@@ -227,6 +242,34 @@ class _StaticLlamaDecoder:
         return self.module.lm_head(self.inner.norm(h))[:, -1, :]
 
 
+def bf16_decoder(model, state: Optional[dict] = None, into=None):
+    """A bfloat16 copy of `model` (an HF causal LM, float32) to decode with, or `into` refreshed in place.
+
+    Decoding multiplies a few rows by every weight at each step, so under torch.autocast all weights would be
+    re-cast to bf16 per generated token; the copy casts them once (per episode in PPO, once in evaluation).
+    `state` overrides the weights (a LoRA policy's merged state dict). Built on the meta device: no random init."""
+    state = model.state_dict() if state is None else state
+    if into is None:
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            into = AutoModelForCausalLM.from_config(model.config, dtype=torch.bfloat16)
+        into.load_state_dict({k: v.detach().to(torch.bfloat16) for k, v in state.items()}, strict=False, assign=True)
+        into.tie_weights()
+        source = dict(model.named_buffers())
+        for name, buf in list(into.named_buffers()):
+            if buf.is_meta:  # non-persistent buffers (rotary inv_freq) are not in a state dict: copied as they are
+                owner, _, attr = name.rpartition(".")
+                (into.get_submodule(owner) if owner else into)._buffers[attr] = source[name].detach().clone()
+        into = into.eval().to(next(model.parameters()).device)
+    else:
+        into.load_state_dict(state, strict=False)
+    missing = [n for n, p in into.named_parameters() if p.is_meta]
+    if missing:
+        raise ValueError(f"bf16_decoder: weights missing from the state dict: {missing[:3]}")
+    return into
+
+
 # Set False to force HF's forward + DynamicCache in `sample` (benchmarks/rollout.py measures both).
 STATIC_CACHE = True
 
@@ -257,8 +300,13 @@ def sample(model, prompts: Sequence[IdList], max_new_tokens: int, eos_token_id: 
         next_pos = mask.sum(-1, keepdim=True)  # position of the first response token, per row
         # The mask for all P+N positions, built once; step k attends to its first P+k+1 columns.
         full_mask = torch.cat([mask, torch.ones((B, max_new_tokens), dtype=mask.dtype, device=device)], dim=1)
+        rows = None  # the static path drops finished rows: `rows` are the batch rows `logits` belong to
         for step in range(max_new_tokens):
-            nxt = logits_to_next_token(logits, greedy, temperature, top_p, top_k, generator)
+            if rows is None:
+                nxt = logits_to_next_token(logits, greedy, temperature, top_p, top_k, generator)
+            else:
+                nxt = torch.full((B,), pad_token_id, dtype=torch.long, device=device)
+                nxt[rows] = logits_to_next_token(logits, greedy, temperature, top_p, top_k, generator, rows, B)
             nxt = torch.where(alive, nxt, torch.full_like(nxt, pad_token_id))
             tokens.append(nxt)
             alive_steps.append(alive.clone())  # this token counts if the row was alive when it was emitted
@@ -267,7 +315,13 @@ def sample(model, prompts: Sequence[IdList], max_new_tokens: int, eos_token_id: 
                 break
             # Finished rows keep stepping with a pad (their outputs are discarded); attending to it is harmless.
             if fast is not None:
-                logits = fast.step(nxt, next_pos, P + step)
+                current = rows if rows is not None else torch.arange(B, device=device)
+                if int(alive.sum()) <= 0.75 * current.numel():  # compact once a quarter has finished
+                    local = alive[current].nonzero().squeeze(-1)
+                    fast.keep(local)
+                    rows = current[local]
+                logits = (fast.step(nxt, next_pos, P + step) if rows is None
+                          else fast.step(nxt[rows], next_pos[rows], P + step))
             else:
                 out = module(input_ids=nxt[:, None], attention_mask=full_mask[:, : P + step + 1],
                              position_ids=next_pos, use_cache=True, **{cache_kw: past}, **keep)

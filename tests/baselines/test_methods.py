@@ -95,3 +95,24 @@ def test_trainer_deepspeed_config_follows_the_engine_params():
     cfg = B.trainer_deepspeed_config(p, p.baselines.optim)
     assert cfg["zero_optimization"]["stage"] == 2 and cfg["train_micro_batch_size_per_gpu"] == "auto"
     assert cfg["optimizer"]["params"]["lr"] == "auto" and cfg["bf16"] == {"enabled": False}
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto", "orpo"])
+def test_lora_baseline_saves_a_merged_plain_policy(base, tmp_path, method):
+    """models.lora.enabled: TRL trains a PEFT adapter (DPO/KTO: reference = the base with the adapter off, no second
+    copy); the saved policy is merged, loads with plain transformers and differs from SFT."""
+    from safetensors.torch import load_file
+
+    from gapo.models.loading import load_policy
+    from gapo.stages import adversarial
+
+    ws = Workspace(tmp_path)
+    for sub in ("data", "models", "checkpoints"):
+        shutil.copytree(base.root / sub, tmp_path / sub)
+    params = load_params(None, [f"method={method}", "paradigm=pr", "models.lora.enabled=true",
+                                "baselines.optim.learning_rate=1e-2", *FAST], "tiny")
+    adversarial(params, ws)
+    weights = load_file(str(ws.final / "policy" / "model.safetensors"))
+    assert not any("lora_" in k or "base_layer" in k for k in weights)
+    load_policy(ws.final / "policy", params.models)
+    assert md5(ws.final / "policy" / "model.safetensors") != md5(ws.sft / "model.safetensors")

@@ -60,7 +60,7 @@ CASES = [
                                    kwargs=[{"letter": "ab", "let_frequency": 2, "let_relation": "at least"}]),
      ["field 'kwargs[0].letter'", "one letter"]),
     ("regex_keyword", "ifeval", _line(instruction_id_list=["keywords:existence"], kwargs=[{"keywords": ["soft(ness"]}]),
-     ["field 'kwargs[0]'", "not a valid pattern"]),
+     ["field 'kwargs[0].keywords'", "not a valid pattern"]),
     ("empty_file", "ifeval", b"", ["file is empty"]),
     ("blank_lines_only", "ifeval", b"\n   \n\n", ["file is empty"]),
     ("huge_line", "ifeval", _line() + b'{"prompt": "' + b"x" * 5000 + b'"}\n', ["line 2", "longer than"]),
@@ -78,6 +78,42 @@ CASES = [
     ("pp_bad_perturbation", "preferential_prompt", _pp(perturbation="swap"), ["field 'perturbation'"]),
     ("pr_missing_rejected", "preferential_response",
      b'{"prompt": "p", "chosen": "ok", "instruction_id_list": [], "kwargs": []}\n', ["field 'rejected'", "missing"]),
+    # -- issue 13: inputs that crashed, randomised a score or contradicted themselves ------------------------------
+    ("redos_keyword", "ifeval", _line(instruction_id_list=["keywords:existence"], kwargs=[{"keywords": ["(a+)+$"]}]),
+     ["field 'kwargs[0].keywords'", "not a valid pattern", "plain text"]),
+    ("redos_frequency_keyword", "ifeval", _line(instruction_id_list=["keywords:frequency"],
+                                                kwargs=[{"keyword": "(x|xx)+y", "frequency": 2,
+                                                         "relation": "at least"}]),
+     ["field 'kwargs[0].keyword'", "not a valid pattern"]),
+    ("pattern_too_long", "ifeval", _line(instruction_id_list=["detectable_content:postscript"],
+                                         kwargs=[{"postscript_marker": "P" * 300}]),
+     ["field 'kwargs[0].postscript_marker'", "300 characters; at most 200"]),
+    ("nth_paragraph_random", "ifeval", _line(instruction_id_list=["length_constraints:nth_paragraph_first_word"],
+                                             kwargs=[{"num_paragraphs": 2, "nth_paragraph": 5, "first_word": "hi"}]),
+     ["field 'kwargs[0].nth_paragraph'", "5 > num_paragraphs 2", "random value"]),
+    ("unknown_language", "ifeval", _line(instruction_id_list=["language:response_language"],
+                                         kwargs=[{"language": "xx"}]),
+     ["field 'kwargs[0].language'", "unknown language code 'xx'"]),
+    ("huge_int_key", "ifeval", _line(key=10**30), ["field 'key'", "out of range"]),
+    ("huge_int_argument", "ifeval", _line(kwargs=[{"num_words": 10**40, "relation": "less than"}]),
+     ["field 'kwargs[0].num_words'", "out of range"]),
+    ("int_digits_limit", "ifeval", _line().replace(b"50", b"9" * 4400), ["line 1", "invalid JSON", "digits"]),
+    ("deep_json", "ifeval", b"[" * 500 + b"]" * 500 + b"\n", ["line 1", "nested deeper than 64"]),
+    ("lone_surrogate", "ifeval", _line(prompt="bad \ud800 text"), ["line 1", "lone surrogate"]),
+    ("duplicate_json_field", "ifeval", b'{"key": 1, "key": 2, "prompt": "p"}\n',
+     ["line 1", "field 'key'", "given twice"]),
+    ("sft_duplicate_key", "sft",
+     b'{"key": 3, "prompt": "p", "completion": "ok", "instruction_id_list": [], "kwargs": []}\n' * 2,
+     ["line 2", "field 'key'", "duplicate key 3"]),
+    ("pp_same_prompts", "preferential_prompt",
+     _pp(rejected_prompt="Describe it.\nRequirements:\nAnswer with less than 9 words."),
+     ["field 'rejected_prompt'", "the same text as chosen_prompt"]),
+    ("pr_same_responses", "preferential_response",
+     b'{"prompt": "p", "chosen": "ok then", "rejected": "ok  then", "instruction_id_list": [], "kwargs": []}\n',
+     ["field 'rejected'", "the same text as chosen"]),
+    ("completion_too_long", "sft", json.dumps({"prompt": "p", "completion": "word " * 4500,
+                                                "instruction_id_list": [], "kwargs": []}).encode() + b"\n",
+     ["field 'completion'", "22500 characters", "at most 20000"]),
 ]
 
 
@@ -94,7 +130,8 @@ def test_malformed_user_file(tmp_path, case, param, content, expect):
     src.write_bytes(content)
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
-    params = small_params(f"data.user.{param}={src}", "data.user.max_line_bytes=1000")
+    long_lines = case in ("completion_too_long", "int_digits_limit")
+    params = small_params(f"data.user.{param}={src}", f"data.user.max_line_bytes={30000 if long_lines else 1000}")
     with pytest.raises(DataError) as err:
         run_prepare(params, ws)
     msg = str(err.value)
@@ -103,7 +140,8 @@ def test_malformed_user_file(tmp_path, case, param, content, expect):
         assert part in msg, (part, msg)
     if case not in ("empty_file", "blank_lines_only"):
         assert "line " in msg
-    if case not in ("bad_json", "empty_file", "blank_lines_only", "huge_line", "not_utf8"):
+    if case not in ("bad_json", "empty_file", "blank_lines_only", "huge_line", "not_utf8", "int_digits_limit",
+                    "deep_json", "lone_surrogate"):
         assert "field '" in msg
     _assert_nothing_left(ws)
 

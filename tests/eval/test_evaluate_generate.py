@@ -238,3 +238,102 @@ def test_policy_from_registry_alias(evaluated, tmp_path, monkeypatch, capsys):
     rc = _run(ws, "-S", "evaluate.model=models:/tiny-policy@nosuchalias", "--output", str(out))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("error: policy 'models:/tiny-policy@nosuchalias': cannot download"), err
+
+
+# ------------------------------------------------------------------------------------ paired comparison with SFT
+def test_vs_sft_block_with_an_identical_sft(evaluated):
+    """checkpoints/sft holds the final policy's weights: the same greedy responses, every difference 0, p = 1."""
+    ws, m, rows = evaluated
+    vs = m["vs_sft"]
+    assert vs["reference"] == "checkpoints/sft" and vs["n_prompts"] == N_PROMPTS
+    assert vs["n_instructions"] == m["num_instructions"] and vs["resamples"] == 10_000
+    for key in ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc", "inst_level_loose_acc"):
+        cell = vs[key]
+        assert cell["final"] == cell["sft"] == pytest.approx(m[key]), key
+        assert cell["delta"] == cell["ci95_low"] == cell["ci95_high"] == 0.0 and cell["p_bootstrap"] == 1.0
+    assert vs["prompt_level_strict_acc"]["p_mcnemar"] == 1.0 and vs["prompt_level_strict_acc"]["final_only"] == 0
+    assert vs["mean_response_tokens"]["delta"] == 0.0
+    assert vs["mean_response_tokens"]["final"] == pytest.approx(m["mean_response_tokens"])
+    assert set(vs["by_instruction"]) == set(m["by_instruction"])
+    assert all(r["sft_response"] == r["response"] for r in rows)
+    assert (ws.reports / "paired_vs_sft.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # MLflow gets it flattened under one prefix (gapo.tracking.runs.numeric_metrics)
+    from gapo.tracking.runs import numeric_metrics
+
+    flat = numeric_metrics(m)
+    assert flat["vs_sft.prompt_level_strict_acc.delta"] == 0.0 and "vs_sft.prompt_level_strict_acc.p_mcnemar" in flat
+
+
+@pytest.fixture(scope="module")
+def evaluated_other_sft(tiny, tmp_path_factory):
+    """The same workspace with checkpoints/sft replaced by a policy with other weights."""
+    import shutil
+
+    ws = Workspace(tmp_path_factory.mktemp("evalws_other_sft") / "ws")
+    shutil.copytree(tiny.root, ws.root)
+    shutil.rmtree(ws.sft)
+    shutil.copytree(tiny.root / "other_reference", ws.sft)
+    assert _run(ws, "-S", "evaluate.paired_resamples=2000") == 0
+    metrics = json.loads(ws.metrics_file("evaluate").read_text(encoding="utf-8"))
+    rows = [json.loads(x) for x in (ws.reports / "eval_samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    return ws, metrics, rows
+
+
+def test_vs_sft_block_with_another_sft(evaluated, evaluated_other_sft, tmp_path):
+    from gapo.eval.paired import compare
+
+    _, same, same_rows = evaluated
+    ws, m, rows = evaluated_other_sft
+    vs = m["vs_sft"]
+    # the final policy's side is unchanged by the choice of SFT; the SFT side is the other policy's
+    assert [r["response"] for r in rows] == [r["response"] for r in same_rows]
+    assert m["prompt_level_strict_acc"] == same["prompt_level_strict_acc"] == vs["prompt_level_strict_acc"]["final"]
+    assert [r["sft_response"] for r in rows] != [r["response"] for r in rows]
+    assert vs["resamples"] == 2000 and m["kl_to_sft"] > 0
+    # the SFT numbers equal scoring-only mode on the SFT responses
+    resp = tmp_path / "sft_responses.jsonl"
+    resp.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["sft_response"]}) + "\n" for r in rows),
+                    encoding="utf-8")
+    out = tmp_path / "sft_scores.json"
+    assert _run(ws, "--responses", str(resp), "--output", str(out)) == 0
+    sft_scores = json.loads(out.read_text(encoding="utf-8"))
+    for key in ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc", "inst_level_loose_acc"):
+        assert vs[key]["sft"] == pytest.approx(sft_scores[key]), key
+        assert vs[key]["delta"] == pytest.approx(m[key] - sft_scores[key]), key
+        assert vs[key]["ci95_low"] <= vs[key]["delta"] <= vs[key]["ci95_high"], key
+    # and the whole block is gapo.eval.paired.compare of the per-prompt verdicts in eval_samples.jsonl
+    def verdicts(prefix):
+        return [{"key": r["key"], "instruction_id_list": r["instruction_id_list"],
+                 "prompt_level_strict_acc": r[f"{prefix}follow_all_instructions_strict"],
+                 "prompt_level_loose_acc": r[f"{prefix}follow_all_instructions_loose"],
+                 "inst_level_strict_acc": r[f"{prefix}follow_instruction_list_strict"],
+                 "inst_level_loose_acc": r[f"{prefix}follow_instruction_list_loose"]} for r in rows]
+    again = compare(verdicts(""), verdicts("sft_"), [r["response_tokens"] for r in rows],
+                    [r["sft_response_tokens"] for r in rows], resamples=2000, seed=1234)
+    assert {"reference": "checkpoints/sft", **again} == vs
+
+
+def test_no_compare_sft(evaluated, tmp_path):
+    import shutil
+
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(evaluated[0].root, ws.root)
+    (ws.reports / "paired_vs_sft.png").unlink()
+    assert _run(ws, "-S", "evaluate.max_prompts=3", "--no-compare-sft") == 0
+    m = json.loads(ws.metrics_file("evaluate").read_text(encoding="utf-8"))
+    assert "vs_sft" not in m and "skipped" not in m and "kl_to_sft" in m
+    assert (ws.reports / "paired_vs_sft.png").is_file()  # a figure saying why: the DVC output always exists
+    rows = [json.loads(x) for x in (ws.reports / "eval_samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert "sft_response" not in rows[0]
+    # without checkpoints/sft the comparison is named under `skipped`
+    shutil.rmtree(ws.sft)
+    assert _run(ws, "-S", "evaluate.max_prompts=3") == 0
+    m = json.loads(ws.metrics_file("evaluate").read_text(encoding="utf-8"))
+    assert set(m["skipped"]) == {"kl_to_sft", "vs_sft"}
+    assert "vs_sft" not in m
+
+
+def test_ifeval_generation_length_is_allowed():
+    from gapo.config import load_params
+
+    assert load_params(None, ["evaluate.max_new_tokens=1280"]).evaluate.max_new_tokens == 1280

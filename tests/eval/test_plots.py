@@ -75,3 +75,32 @@ def test_bad_csv_one_line_error(tmp_path, text, needle):
         plots.plot_losses({"SFT": path}, tmp_path / "out.png")
     assert needle in str(exc.value) and str(path) in str(exc.value) and "\n" not in str(exc.value)
     assert not (tmp_path / "out.png").exists()
+
+
+def _vs_sft():
+    from gapo.eval.paired import compare
+
+    def v(key, ids, strict):
+        return {"key": key, "instruction_id_list": ids, "prompt_level_strict_acc": all(strict),
+                "prompt_level_loose_acc": all(strict), "inst_level_strict_acc": strict, "inst_level_loose_acc": strict}
+
+    ids = ["punctuation:no_comma", "keywords:existence"]
+    final = [v(k, ids, [k % 2 == 0, k % 3 == 0]) for k in range(30)]
+    sft = [v(k, ids, [k % 4 == 0, k % 3 == 0]) for k in range(30)]
+    return compare(final, sft, [20] * 30, [18] * 30, resamples=500, seed=0)
+
+
+def test_paired_png_is_written_and_byte_stable(workspace):
+    ws = workspace
+    vs = _vs_sft()
+    a = plots.plot_paired(vs, ws.reports / "a.png")
+    b = plots.plot_paired(vs, ws.reports / "b.png")
+    assert a.read_bytes() == b.read_bytes() and _png_size(a)[0] > 1000
+    changed = {**vs, "prompt_level_strict_acc": {**vs["prompt_level_strict_acc"], "final": 0.9}}
+    assert plots.plot_paired(changed, ws.reports / "c.png").read_bytes() != a.read_bytes()
+    # generation-mode metrics: the figure from vs_sft, or one naming why there is none
+    assert plots.make_report_plots(ws, {"mode": "generate", "vs_sft": vs}) == [ws.reports / "paired_vs_sft.png"]
+    assert (ws.reports / "paired_vs_sft.png").read_bytes() == a.read_bytes()
+    out = plots.make_report_plots(ws, {"mode": "generate", "skipped": {"vs_sft": "no SFT checkpoint at x"}})
+    assert out == [ws.reports / "paired_vs_sft.png"] and out[0].read_bytes() != a.read_bytes()
+    assert plots.make_report_plots(ws, {"mode": "score_only"}) == []

@@ -170,10 +170,34 @@ def test_response_join_errors(tmp_path):
 
     with pytest.raises(DataError, match=r"in.jsonl line 2: no response for this prompt \(key 2\)"):
         join([{"prompt": GOOD["prompt"], "response": "ok"}])
-    with pytest.raises(DataError, match=r"resp.jsonl line 2: field 'prompt' .* matches no prompt"):
+    # a response to a prompt the input does not hold does not make up for a missing one
+    with pytest.raises(DataError, match=r"in.jsonl line 2: no response for this prompt \(key 2\)"):
         join([{"prompt": GOOD["prompt"], "response": "ok"}, {"prompt": "Other.", "response": "x"}])
     with pytest.raises(DataError, match=r"resp.jsonl line 2: field 'prompt' repeats line 1 with a different response"):
         join([{"prompt": GOOD["prompt"], "response": "a"}, {"prompt": GOOD["prompt"], "response": "b"}])
     with pytest.raises(DataError, match=r"resp.jsonl line 1: field 'response': expected a string, got NoneType"):
         join([{"prompt": GOOD["prompt"], "response": None}])
     assert join([{"prompt": "Second prompt.", "response": "b"}, {"prompt": GOOD["prompt"], "response": "a"}]) == ["a", "b"]
+
+
+def test_extra_responses_are_ignored_and_counted(tmp_path):
+    """IFEval's evaluation_main scores the input's prompts and ignores responses to any other prompt."""
+    inp = _write(tmp_path / "in.jsonl", [GOOD, {**GOOD, "key": 2, "prompt": "Second prompt."}])
+    inputs = scoring.load_inputs(inp)
+    resp = _write(tmp_path / "resp.jsonl", [{"prompt": "Other.", "response": "x, y"},
+                                            {"prompt": "Second prompt.", "response": "b"},
+                                            {"prompt": "Other.", "response": "a different one"},  # not checked
+                                            {"prompt": GOOD["prompt"], "response": "a, b"},
+                                            {"prompt": "Third.", "response": "z"}])
+    responses, ignored = scoring.match_responses(inputs, scoring.load_responses(resp))
+    assert responses == ["a, b", "b"] and ignored == [1, 3, 5]
+    report, verdicts = scoring.score_files(inp, resp)
+    assert report["ignored_responses"] == 3 and report["num_prompts"] == 2 and report["randomised_kwargs"] == 0
+    assert [v["key"] for v in verdicts] == [1, 2] and report["prompt_level_strict_acc"] == 0.5  # "a, b" has a comma
+    # without extras the count is 0 and the numbers are the same
+    alone = _write(tmp_path / "alone.jsonl", [{"prompt": GOOD["prompt"], "response": "a, b"},
+                                              {"prompt": "Second prompt.", "response": "b"}])
+    report2, _ = scoring.score_files(inp, alone)
+    assert report2["ignored_responses"] == 0
+    assert {k: v for k, v in report2.items() if k != "ignored_responses"} == \
+        {k: v for k, v in report.items() if k != "ignored_responses"}

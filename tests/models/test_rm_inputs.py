@@ -103,3 +103,15 @@ def test_fixture_rows_fit_the_tiny_window(tmp_path):
     params = ta.tiny_params()
     flags = [rm_inputs.encode_pair_ids(tok, r["prompt"], r["response"], params.reward.max_length)[2] for r in rows]
     assert not any(flags)
+
+
+def test_facts_false_drops_the_head_and_keeps_requirements_next_to_the_response(tok):
+    """`reward.prompt_facts: drop`: the encoding is that of the Requirements block alone; a prompt without a
+    Requirements line is all requirements and is kept whole."""
+    ids, types, truncated = rm_inputs.encode_pair_ids(tok, FACTS + REQ, "A bright lamp.", 512, facts=False)
+    assert (ids, types, truncated) == rm_inputs.encode_pair_ids(tok, REQ, "A bright lamp.", 512)
+    free = "Write about a lamp in 20 words."
+    assert rm_inputs.encode_pair_ids(tok, free, "Lamp.", 64, facts=False) == rm_inputs.encode_pair_ids(
+        tok, free, "Lamp.", 64)
+    batch = rm_inputs.encode_pairs(tok, [FACTS + REQ, REQ], ["A lamp.", "A lamp."], 512, facts=False)
+    assert batch["input_ids"][0].tolist() == batch["input_ids"][1].tolist()

@@ -171,3 +171,27 @@ def test_kl_controllers():
     restored = L.build_kl_controller(0.1, 6.0, 10000)
     restored.load_state_dict(ada.state_dict())
     assert restored.value == ada.value
+
+
+def test_group_relative_scores_leave_one_out_by_hand():
+    from gapo.train.losses import group_relative_scores
+
+    s = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    # G = 2: each sample minus the other one of its pair
+    torch.testing.assert_close(group_relative_scores(s, 2), torch.tensor([-1.0, 1.0, -3.0, 3.0]))
+    # G = 4: 1 − 11/3, 2 − 10/3, 3 − 9/3, 6 − 6/3
+    torch.testing.assert_close(group_relative_scores(s, 4), torch.tensor([-8 / 3, -4 / 3, 0.0, 4.0]))
+    # a group whose samples tie gets no signal (no division by a tiny std, unlike GRPO)
+    torch.testing.assert_close(group_relative_scores(torch.tensor([5.0, 5.0, 5.0]), 3), torch.zeros(3))
+    with pytest.raises(ValueError, match="groups of 4"):
+        group_relative_scores(torch.ones(6), 4)
+    with pytest.raises(ValueError):
+        group_relative_scores(torch.ones(4), 1)
+
+
+def test_pad_right():
+    from gapo.train.losses import pad_right
+
+    out, mask = pad_right([torch.tensor([1.0, 2.0]), torch.tensor([3.0])])
+    torch.testing.assert_close(out, torch.tensor([[1.0, 2.0], [3.0, 0.0]]))
+    torch.testing.assert_close(mask, torch.tensor([[1.0, 1.0], [1.0, 0.0]]))

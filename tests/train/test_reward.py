@@ -140,3 +140,68 @@ def test_two_process_rm_warmup_under_deepspeed_launcher_zero3(fixture_ws, tmp_pa
     rows = R.load_rm_rows(root / "data" / "rm" / "validation.jsonl", 21, seed=ta.tiny_params().seed)
     # The consolidated ZeRO-3 save holds the trained weights: re-scoring reproduces the 2-rank evaluation.
     assert R.evaluate_reward_model(rm, tok, rows, params)["accuracy"] == pytest.approx(m["val_accuracy"])
+
+
+def _pp_rows(key, chosen_ids, chosen_kw, rejected_ids, rejected_kw):
+    return [{"key": key, "label": 1, "prompt": "p", "response": "r", "instruction_id_list": chosen_ids,
+             "kwargs": chosen_kw},
+            {"key": key, "label": 0, "prompt": "q", "response": "r", "instruction_id_list": rejected_ids,
+             "kwargs": rejected_kw}]
+
+
+def test_pair_breakdown_by_perturbation_and_constraint():
+    rows = (_pp_rows(1, ["a", "b"], [{}, {"n": 3}], ["a", "c", "b"], [{}, {"k": ["x"]}, {"n": 3}])  # insert c
+            + _pp_rows(2, ["a", "b"], [{}, {"n": 3}], ["a", "b"], [{}, {"n": 6}])  # modify b (kwargs)
+            + _pp_rows(3, ["d"], [{}], ["e"], [{}])  # modify d (sibling swap)
+            + [{"key": 4, "label": 1, "prompt": "p", "response": "r"}])  # no twin: skipped
+    scores = [2.0, -1.0,   # insert: both rows right, pair right
+              0.5, 1.0,    # modify b: chosen right, rejected wrong, pair wrong
+              -0.2, -0.2,  # modify d: chosen wrong, rejected right, tie
+              3.0]
+    out = R.pair_breakdown(rows, scores)
+    assert out["skipped_keys"] == 1 and out["overall"]["pairs"] == 3
+    assert out["by_perturbation"]["insert"] == {"pairs": 1, "row_accuracy": 1.0, "pair_accuracy": 1.0}
+    assert out["by_perturbation"]["modify"] == {"pairs": 2, "row_accuracy": 0.5, "pair_accuracy": 0.25}
+    assert set(out["by_instruction"]) == {"b", "c", "d"}
+    assert out["by_perturbation_instruction"]["modify:d"]["pair_accuracy"] == 0.5
+    # the overall row accuracy is the usual accuracy at logit 0 over the paired rows
+    assert out["overall"]["row_accuracy"] == pytest.approx(sum((s > 0) == (r["label"] == 1)
+                                                               for r, s in zip(rows[:6], scores[:6])) / 6)
+    with pytest.raises(ValueError):
+        R.pair_breakdown(rows, scores[:-1])
+
+
+def test_prompt_facts_drop_and_freeze_travel_with_the_checkpoint(fixture_ws, tmp_path):
+    """`reward.prompt_facts: drop` is stored in the RM's config, so a scorer that only has the checkpoint encodes
+    without the facts; `reward.freeze_layers` trains only the layers above N."""
+    from gapo.config import ConfigError
+    from gapo.models.loading import load_reward_model
+    from gapo.train.engine import save_hf
+
+    ws, params = fixture_ws
+    p = ta.tiny_params("reward.prompt_facts=drop", "reward.freeze_layers=1")
+    rm, tok = load_reward_model(ws.reward_base, p.models)
+    before = {k: v.clone() for k, v in rm.state_dict().items()}
+    rows = R.load_rm_rows(ws.jsonl("rm", "train"), 32, seed=0)
+    engine, _ = R.train_reward_model(rm, tok, rows, p, epochs=1.0)
+    after = engine.module.state_dict()
+    layer0 = [k for k in after if ".layer.0." in k or "embeddings" in k]
+    upper = [k for k in after if ".layer.1." in k]
+    assert layer0 and upper
+    assert all(torch.equal(before[k], after[k]) for k in layer0)
+    assert any(not torch.equal(before[k], after[k]) for k in upper)
+    assert not R.rm_keeps_facts(engine)
+    save_hf(engine, tok, tmp_path / "rm")
+    loaded, tok2 = load_reward_model(tmp_path / "rm", p.models)
+    assert not R.rm_keeps_facts(loaded)
+    prompts = [r["prompt"] for r in rows[:4]]
+    responses = [r["response"] for r in rows[:4]]
+    from gapo.models.rm_inputs import split_requirements
+
+    reqs = [split_requirements(x)[1] for x in prompts]
+    torch.testing.assert_close(R.rm_logits(loaded, tok2, prompts, responses, p.reward.max_length),
+                               R.rm_logits(loaded, tok2, reqs, responses, p.reward.max_length, facts=True))
+    fresh, _ = load_reward_model(ws.reward_base, params.models)
+    assert R.rm_keeps_facts(fresh)  # absent = keep (every checkpoint made before the knob)
+    with pytest.raises(ConfigError, match="freeze_layers"):
+        R.freeze_bottom_layers(fresh, 99)
