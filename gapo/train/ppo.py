@@ -80,6 +80,7 @@ class Rollout:
     returns: torch.Tensor         # (N_i,)
     score: float = 0.0            # RM score (before clipping)
     passed: Optional[bool] = None  # verifier verdict (not used by PPO; health metric)
+    micro: int = -1               # the training micro-batch it belongs to (its π_old was computed in that layout)
 
 
 @dataclass
@@ -268,6 +269,7 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
     if critic is not None:
         critic.eval()
     kls: list[torch.Tensor] = []  # per-token KL per rollout (the group estimator shapes rewards after the loop)
+    n_micro = 0
     bar = tqdm(range(0, len(expanded), ppo.micro_rollout_batch_size), desc=f"{where.stage} rollouts",
                disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False, mininterval=1.0)
     for start in bar:
@@ -276,16 +278,7 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
         with decode_threads():
             s = sample(decoder, encode_prompts(chunk, tok, ppo.prompt_max_len), ppo.generate_max_len, stops, pad,
                        greedy=False, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, sync_ranks=True)
-        seq, attn = s.sequences.to(device), s.attention_mask.to(device)
-        mask = s.action_mask.to(device).float()
-        n = mask.size(1)
         t1 = time.perf_counter()
-        with forward_autocast(params, device):
-            logp, ent = response_log_probs(actor, seq, attn, n, with_entropy=True)
-            ref_logp, _ = response_log_probs(models.ref, seq, attn, n)
-            values = (response_values(critic, seq, attn, n).float() if critic is not None
-                      else torch.zeros_like(logp))
-        t2 = time.perf_counter()
         # The RM reads TEXT in its own tokenizer: decode the policy's response, never pass its ids (§8 bug 5).
         texts = [decode_response(ids, tok, stops) for ids in s.response_ids.tolist()]
         verdicts = verifier_verdicts(chunk, texts)
@@ -296,33 +289,54 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
         else:
             score = rm_score(models.reward, models.reward_tokenizer, [r["prompt"] for r in chunk], texts, params)
             score = score.to(device).float()
-        t3 = time.perf_counter()
-        clock["rollout"] += t1 - t0
-        clock["forward"] += t2 - t1
-        clock["reward"] += t3 - t2
+        t2 = time.perf_counter()
         score = inject_nan("ppo.reward", score, round=where.round, step=where.step)  # fault-injection hook
         check_finite(score, "reward-model score", where)
-        kl = compute_approx_kl(logp, ref_logp, mask, ppo.kl_estimator)
-        if group:  # advantages need every sample of a prompt: computed after the loop
-            adv = ret = torch.zeros_like(kl)
-        else:
-            rewards = compute_reward(score, kl_coef, kl, mask, tuple(ppo.reward_clip_range))
-            adv, ret = get_advantages_and_returns(values, rewards, mask, ppo.gamma, ppo.lambd)
-            adv = inject_nan("ppo.advantages", adv, round=where.round, step=where.step)  # fault-injection hook
-            check_finite(adv, "advantages", where)
-            check_finite(ret, "returns", where)
-        lengths = mask.sum(dim=1).long().tolist()
-        kls += [kl[i, :L].cpu() for i, L in enumerate(lengths)]
+        lengths = s.action_mask.sum(dim=1).long().tolist()
+        fresh = []
         for i, L in enumerate(lengths):
             P = int(s.attention_mask[i, :s.prompt_len].sum())
-            rollouts.append(Rollout(prompt_ids=s.sequences[i, s.prompt_len - P:s.prompt_len].cpu(),
-                                    response_ids=s.sequences[i, s.prompt_len:s.prompt_len + L].cpu(),
-                                    log_probs=logp[i, :L].cpu(), values=values[i, :L].cpu(),
-                                    advantages=adv[i, :L].cpu(), returns=ret[i, :L].cpu(),
-                                    score=float(score[i]), passed=verdicts[i]))
+            fresh.append(Rollout(prompt_ids=s.sequences[i, s.prompt_len - P:s.prompt_len].cpu(),
+                                 response_ids=s.sequences[i, s.prompt_len:s.prompt_len + L].cpu(),
+                                 log_probs=None, values=None, advantages=None, returns=None,  # type: ignore[arg-type]
+                                 score=float(score[i]), passed=verdicts[i]))
+        # π_old, π_ref and V in exactly the micro-batches (and so the padded layout) ppo_train will use: bf16
+        # kernels are not batch-invariant, and a layout change alone moved π/π_old by ~2% on SmolLM2.
+        for m0 in range(0, len(fresh), ppo.micro_train_batch_size):
+            part = fresh[m0:m0 + ppo.micro_train_batch_size]
+            b = collate_rollouts(part, pad, device)
+            seq, attn, mask = b["sequences"], b["attention_mask"], b["action_mask"]
+            n = mask.size(1)
+            with forward_autocast(params, device):
+                logp, ent = response_log_probs(actor, seq, attn, n, with_entropy=True)
+                ref_logp, _ = response_log_probs(models.ref, seq, attn, n)
+                values = (response_values(critic, seq, attn, n).float() if critic is not None
+                          else torch.zeros_like(logp))
+            part_score = score[m0:m0 + len(part)]
+            kl = compute_approx_kl(logp, ref_logp, mask, ppo.kl_estimator)
+            if group:  # advantages need every sample of a prompt: computed after the loop
+                adv = ret = torch.zeros_like(kl)
+            else:
+                rewards = compute_reward(part_score, kl_coef, kl, mask, tuple(ppo.reward_clip_range))
+                adv, ret = get_advantages_and_returns(values, rewards, mask, ppo.gamma, ppo.lambd)
+                adv = inject_nan("ppo.advantages", adv, round=where.round, step=where.step)  # fault-injection hook
+                check_finite(adv, "advantages", where)
+                check_finite(ret, "returns", where)
+            micro_id = n_micro
+            n_micro += 1
+            for i, r in enumerate(part):
+                L = r.response_ids.numel()
+                r.log_probs, r.values = logp[i, :L].float().cpu(), values[i, :L].cpu()
+                r.advantages, r.returns, r.micro = adv[i, :L].cpu(), ret[i, :L].cpu(), micro_id
+                kls.append(kl[i, :L].cpu())
+            acc["kl"] += masked_mean(kl, mask, dim=-1).tolist()
+            acc["entropy"] += masked_mean(ent, mask, dim=-1).tolist()
+        rollouts += fresh
+        t3 = time.perf_counter()
+        clock["rollout"] += t1 - t0
+        clock["reward"] += t2 - t1
+        clock["forward"] += t3 - t2
         acc["reward"] += score.tolist()
-        acc["kl"] += masked_mean(kl, mask, dim=-1).tolist()
-        acc["entropy"] += masked_mean(ent, mask, dim=-1).tolist()
         acc["response_length"] += [float(x) for x in lengths]
         acc["pass"] += [float(v) for v in verdicts if v is not None]
     if group:
@@ -399,7 +413,8 @@ def collate_rollouts(rollouts: Sequence[Rollout], pad_id: int, device=None) -> d
         attn[i, P - p:P + n] = 1
         mask[i, :n] = 1
         for k in per_token:
-            per_token[k][i, :n] = getattr(r, k)
+            if getattr(r, k) is not None:  # None while make_experience is still scoring the rollout
+                per_token[k][i, :n] = getattr(r, k)
     out = {"sequences": seq, "attention_mask": attn, "action_mask": mask, **per_token}
     return {k: v.to(device) for k, v in out.items()} if device is not None else out
 
@@ -420,21 +435,27 @@ def ppo_train(models: PPOModels, rollouts: list[Rollout], params: Params, where:
     rng = random.Random(seed)
     sums: dict[str, float] = {}
     n_micro = 0
-    n_steps = ppo.max_epochs * math.ceil(len(rollouts) / per_rank)
+    # The micro-batches are the ones make_experience scored π_old in (same rows, same padding): before the first
+    # update the ratio is then exactly 1. Their ORDER is shuffled every epoch; a minibatch (one optimizer step) is
+    # `train_batch_size / micro_train_batch_size` consecutive micro-batches of that order.
+    blocks: dict[int, list[int]] = {}
+    for i, r in enumerate(rollouts):
+        blocks.setdefault(r.micro if r.micro >= 0 else i // ppo.micro_train_batch_size, []).append(i)
+    micro_batches = list(blocks.values())
+    per_step = max(1, per_rank // ppo.micro_train_batch_size)
+    n_steps = ppo.max_epochs * math.ceil(len(micro_batches) / per_step)
     bar = tqdm(total=n_steps, desc=f"{where.stage} train", disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False)
     models.actor.train()
     if models.critic is not None:
         models.critic.train()
     first_ratio_dev = None
     for _ in range(ppo.max_epochs):
-        order = list(range(len(rollouts)))
+        order = list(range(len(micro_batches)))
         rng.shuffle(order)
-        for mb in range(0, len(order), per_rank):
+        for mb in range(0, len(order), per_step):
             where.step += 1
-            minibatch = order[mb:mb + per_rank]
-            for mi in range(0, len(minibatch), ppo.micro_train_batch_size):
-                batch = collate_rollouts([rollouts[i] for i in minibatch[mi:mi + ppo.micro_train_batch_size]],
-                                         pad, device)
+            for block in order[mb:mb + per_step]:
+                batch = collate_rollouts([rollouts[i] for i in micro_batches[block]], pad, device)
                 seq, attn, mask = batch["sequences"], batch["attention_mask"], batch["action_mask"]
                 n = mask.size(1)
                 # actor: clipped surrogate against π_old (the released code's PPO, not the paper's L_G, §9 item 6)

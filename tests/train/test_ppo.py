@@ -55,16 +55,23 @@ def test_experience_layout_and_rm_reads_decoded_text(tiny):
     rows = read_jsonl(ws.jsonl("ifeval", "train"))[:6]
     rollouts, stats = make_experience(m, rows, params, kl_coef=0.05, where=Where(round=1))
     assert len(rollouts) == 6 and 0.0 <= stats["pass_rate"] <= 1.0
-    # the stored π_old / V_old are exactly what a fresh forward on the re-collated batch gives: the collation
-    # (left-padded prompt, right-padded response) and the shift-by-one slicing agree with the sampler
-    b = collate_rollouts(rollouts, m.tokenizer.pad_token_id)
-    n = b["action_mask"].size(1)
-    with torch.no_grad():
-        logp, _ = response_log_probs(m.actor.module, b["sequences"], b["attention_mask"], n)
-        values = response_values(m.critic.module, b["sequences"], b["attention_mask"], n)
-    mask = b["action_mask"].bool()
-    torch.testing.assert_close(logp[mask], b["log_probs"][mask], atol=2e-4, rtol=0)
-    torch.testing.assert_close(values[mask], b["values"][mask], atol=2e-4, rtol=0)
+    # the stored π_old / V_old are exactly what a fresh forward on each training micro-batch gives (ppo.autocast
+    # included): the collation (left-padded prompt, right-padded response) and the shift-by-one slicing agree with
+    # the sampler, and the micro-batches ppo_train uses are the ones π_old was computed in (ratio exactly 1)
+    from gapo.train.ppo import forward_autocast
+
+    micro = sorted({r.micro for r in rollouts})
+    assert micro == list(range(len(micro))) and len(micro) == -(-6 // params.ppo.micro_train_batch_size)
+    for mid in micro:
+        part = [r for r in rollouts if r.micro == mid]
+        b = collate_rollouts(part, m.tokenizer.pad_token_id)
+        n = b["action_mask"].size(1)
+        with torch.no_grad(), forward_autocast(params, m.device):
+            logp, _ = response_log_probs(m.actor.module, b["sequences"], b["attention_mask"], n)
+            values = response_values(m.critic.module, b["sequences"], b["attention_mask"], n)
+        mask = b["action_mask"].bool()
+        torch.testing.assert_close(logp.float()[mask], b["log_probs"][mask], atol=0, rtol=0)
+        torch.testing.assert_close(values.float()[mask], b["values"][mask], atol=0, rtol=0)
     # the reward is the RM's score of the DECODED response in the RM's own tokenizer
     texts = [decode_response(r.response_ids.tolist(), m.tokenizer) for r in rollouts]
     expected = rm_score(m.reward, m.reward_tokenizer, [r["prompt"] for r in rows], texts, params)
