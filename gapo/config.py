@@ -185,7 +185,9 @@ class OptimConfig(Section):
 
 class SFTOptimConfig(OptimConfig):
     learning_rate: float = Field(1e-3, gt=0, description="LoRA on SmolLM2 (profile toy, from scratch: 3e-3)")
-    micro_batch_size: int = Field(8, gt=0)
+    micro_batch_size: int = Field(4, gt=0, description="4 x 2 accumulated = 8 per update: SmolLM2's activations for "
+                                                       "8 x 384 tokens peaked at 8 GB RSS")
+    gradient_accumulation_steps: int = Field(2, gt=0)
 
 
 class SFTConfig(Section):
@@ -357,8 +359,8 @@ class EvaluateConfig(Section):
     max_new_tokens: int = Field(160, gt=0, description="new tokens per response (lm-eval's ifeval task: 1280)")
     batch_size: int = Field(32, gt=0, description="prompts per generation batch (and rows per RM / KL forward)")
     autocast: Literal["auto", "bfloat16", "none"] = Field(
-        "auto", description="decode with a bfloat16 copy of each policy (KL and RM scores stay float32); auto = where "
-                            "the device has native bf16")
+        "auto", description="decode with a bfloat16 copy of each policy, and the KL-to-SFT forwards under bf16 autocast "
+                            "(float32 weights, KL from float32 logits); auto = where the device has native bf16")
     rm_rows: int = Field(0, ge=0, description="preferential-prompt test rows (whole pairs, seeded) for rm_accuracy / "
                                               "rm_auc; 0 = all")
     compare_sft: bool = Field(True, description="also answer the same prompts with checkpoints/sft and write the "

@@ -20,8 +20,9 @@ from typing import Any, Iterator
 
 # scheme://<userinfo>@ : the userinfo runs to the LAST '@' before the end of the authority ('/', '?', '#',
 # whitespace or a quote), the way urllib.parse splits it, so a password holding '@' is removed whole.
-# `scheme:/user:pw@` too: a URI that went through pathlib (Path("http://u:p@h/x") prints as "http:/u:p@h/x").
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]{0,30}://?)"
+# `scheme:/user:pw@` too: a URI that went through pathlib (Path("http://u:p@h/x") prints as "http:/u:p@h/x"); with
+# one slash only when a ':' (user:password) comes before the '@', so MLflow's `models:/name@alias` stays intact.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]{0,30}:(?://|/(?=[^\s/?#'\"<>@]*:)))"
                        r"[^\s/?#'\"<>@]{0,2048}(?:@[^\s/?#'\"<>@]{0,2048})*@")
 
 

@@ -202,7 +202,7 @@ def _note_randomised(n: int) -> None:
 
 
 def generate_responses(model, tokenizer, prompts: Sequence[str], cfg, max_new_tokens: int, seed: int,
-                       reference=None, models_cfg=None) -> list[dict]:
+                       reference=None, models_cfg=None, desc: str = "policy") -> list[dict]:
     """Greedy (or sampled) responses to `prompts` with the shared sampler, in input order.
 
     Each row: `response` (text), `response_tokens` (generated ids, the stop id included), `stopped` (ended on
@@ -238,12 +238,20 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], cfg, max_new_to
         decoder = bf16_decoder(model)
     rows: list[Optional[dict]] = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))  # similar lengths share a batch: less padding
-    for start in range(0, len(order), cfg.batch_size):
+    from tqdm import tqdm
+
+    from gapo.runtime import bars_off
+
+    for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"evaluate {desc}", unit="batch",
+                      disable=bars_off(True), dynamic_ncols=True, mininterval=1.0):
         batch = order[start:start + cfg.batch_size]
         s = sample(decoder, [ids[i] for i in batch], max_new_tokens, stops, pad, greedy=cfg.greedy,
                    temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, generator=generator)
         lengths = s.response_lengths.tolist()
-        kl = kl_per_row(model, reference, s, max(1, min(8, cfg.batch_size))) if reference is not None else None
+        kl = None
+        if reference is not None:  # bf16 matmuls where native (2 float32 models x 300 rows was most of the stage)
+            with autocast_context(next(model.parameters()).device.type, cfg.autocast, models_cfg or ModelsConfig()):
+                kl = kl_per_row(model, reference, s, max(1, min(8, cfg.batch_size)))
         for j, i in enumerate(batch):
             resp = s.response_ids[j, :lengths[j]].tolist()
             row = {"response": decode_response(resp, tokenizer, stops), "response_tokens": len(resp),
@@ -298,7 +306,7 @@ def generate_and_score(params: Params, ws: Workspace, input_path: str | None, ou
     sft_rows = None
     if cfg.compare_sft and reference is not None:  # same prompts, decoding and seed: one pair per prompt
         sft_rows = generate_responses(reference, ref_tok, prompts, cfg, cfg.max_new_tokens, params.seed,
-                                      models_cfg=params.models)
+                                      models_cfg=params.models, desc="SFT")
     del reference
     verdicts = score(inputs, [r["response"] for r in rows])
     report: dict[str, Any] = {"mode": "generate", "input": _shown(path, ws),

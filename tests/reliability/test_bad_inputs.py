@@ -153,8 +153,12 @@ CASES = [
     ("params_not_a_mapping", params_file("- 1\n- 2\n"), ["expected a mapping", "got list"]),
     ("params_file_missing", lambda ctx: ["--params", str(ctx.inp / "nope.yaml"), "prepare"],
      ["nope.yaml", "file not found"]),
-    ("params_contradictory_batches", params_file("ppo:\n  rollout_batch_size: 4\n  micro_rollout_batch_size: 8\n"),
-     ["micro_rollout_batch_size must be <= ppo.rollout_batch_size"]),
+    ("params_contradictory_batches", params_file("ppo:\n  rollout_batch_size: 1\n  n_samples_per_prompt: 4\n"
+                                                 "  micro_rollout_batch_size: 8\n"),
+     ["micro_rollout_batch_size (samples per sampler batch) must be <= ppo.rollout_batch_size × "
+      "ppo.n_samples_per_prompt"]),
+    ("params_group_needs_samples", params_file("ppo:\n  n_samples_per_prompt: 1\n  micro_rollout_batch_size: 8\n"),
+     ["ppo.advantage_estimator=group needs ppo.n_samples_per_prompt >= 2"]),
     ("params_contradictory_precision", params_file("deepspeed:\n  precision: bf16\n"),
      ["deepspeed.precision=bf16 needs models.dtype=bfloat16"]),
     ("params_contradictory_constraints", params_file("data:\n  min_constraints: 4\n  max_constraints: 2\n"),

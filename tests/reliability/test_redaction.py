@@ -70,8 +70,9 @@ def test_mlflow_retry_warning_of_a_tracked_stage_is_redacted(tmp_path):
 
 
 def test_params_tags_and_error_line_are_redacted(tmp_path, monkeypatch, capfd):
-    """`-S tracking.tracking_uri=http://user:password@...` and a path given as a URI with credentials: the MLflow
-    params of the stage run and its parent, their tags (gapo.error of the failed stage), and the error line."""
+    """`-S tracking.tracking_uri=http://user:password@...` and a path given as a URI with credentials: the error
+    line of a bad input is redacted and leaves the store as it was (no run: inputs are checked before it opens,
+    gapo.preflight); a stage that runs logs the URI redacted in its params and tags, and its parent's."""
     import mlflow
 
     from gapo import cli
@@ -82,14 +83,21 @@ def test_params_tags_and_error_line_are_redacted(tmp_path, monkeypatch, capfd):
     for key, value in {"GAPO_TRACKING": "on", "MLFLOW_TRACKING_URI": db}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(ws)
-    rc = cli.main(["--workdir", str(ws), "prepare", "-S", f"tracking.tracking_uri={DOWN}",
-                   "-S", f"data.user.sft=https://user:{PASSWORD}@data.example/sft.jsonl",
-                   "-S", "tracking.system_metrics=false", "-S", f"tracking.artifact_location={tmp_path}/art",
-                   "-S", "tracking.experiment=redaction"])
+    common = ["-S", f"tracking.tracking_uri={DOWN}", "-S", "tracking.system_metrics=false",
+              "-S", f"tracking.artifact_location={tmp_path}/art", "-S", "tracking.experiment=redaction"]
+    rc = cli.main(["--workdir", str(ws), "prepare", *common,
+                   "-S", f"data.user.sft=https://user:{PASSWORD}@data.example/sft.jsonl"])
     out = capfd.readouterr()
     assert rc == 2 and "file not found" in out.err, out.err[-2000:]
     assert PASSWORD not in out.out + out.err
     client = mlflow.MlflowClient(db)
+    exp = client.get_experiment_by_name("redaction")
+    assert exp is None or not client.search_runs([exp.experiment_id])  # a bad input leaves no run behind
+    rc = cli.main(["--workdir", str(ws), "prepare", *common, "-S", "data.num_products=6", "-S", "data.test_prompts=4",
+                   "-S", "data.workers=1"])
+    out = capfd.readouterr()
+    assert rc == 0, out.err[-2000:]
+    assert PASSWORD not in out.out + out.err
     runs = client.search_runs([client.get_experiment_by_name("redaction").experiment_id])
     assert runs, "the stage run and its parent exist"
     seen = []
@@ -97,7 +105,6 @@ def test_params_tags_and_error_line_are_redacted(tmp_path, monkeypatch, capfd):
         seen += list(r.data.params.values()) + list(r.data.tags.values())
         assert r.data.params.get("tracking.tracking_uri") == "http://127.0.0.1:9/base"
     assert not [v for v in seen if PASSWORD in v]
-    assert any("gapo.error" in r.data.tags and "sft.jsonl" in r.data.tags["gapo.error"] for r in runs)
 
 
 def test_error_line_naming_the_store_is_redacted(tmp_path, monkeypatch, capsys):
