@@ -217,12 +217,11 @@ def load_source(kind: str, path_str: str, param: str, max_line_bytes: int, seed:
     first_line: dict[int, str] = {}
     for index, (split, where, rec) in enumerate(entries):
         rec = _check(kind, rec, where, index, verify)
-        if True:
-            # lm-eval identifies prompts by key (two prompts with one key would overwrite each other's scores), and
-            # a key given twice in sft / pp / pr data would repeat its rows.
-            if rec["key"] in first_line:
-                raise DataError(f"{where}: field 'key': duplicate key {rec['key']} (first at {first_line[rec['key']]})")
-            first_line[rec["key"]] = where
+        # lm-eval identifies prompts by key (two prompts with one key would overwrite each other's scores), and a key
+        # given twice in sft / pp / pr data would repeat its rows.
+        if rec["key"] in first_line:
+            raise DataError(f"{where}: field 'key': duplicate key {rec['key']} (first at {first_line[rec['key']]})")
+        first_line[rec["key"]] = where
         raw_split = split if split is not None else _split_of(entries[index][2], where, seed, validation_fraction,
                                                               rec["key"])
         out[raw_split].append(rec)

@@ -62,9 +62,9 @@ def test_a_catastrophic_pattern_is_matched_literally_and_fast(iid, kwargs):
     """lm-eval would spend minutes on `(a+)+$` against 28 a's and a '!' (exponential backtracking); here the
     string reaches the regex escaped, so it is searched for as text: fast, and found only where it is written."""
     hostile = "a" * 40 + "!"
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     verdict = C.check_response(hostile, [iid], [kwargs])
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
     assert isinstance(verdict[0], bool)
     if iid == "keywords:existence":
         assert verdict[0] is False
@@ -79,17 +79,17 @@ def test_a_text_longer_than_the_bound_is_refused_not_scored():
 
 def test_the_worst_known_text_at_the_bound_stays_within_the_documented_cost():
     """docs/reliability.md states the bound: lm-eval's quadratic placeholder pattern on MAX_CHECK_CHARS '[' is the
-    worst text we know; strict + the 8 loose variants of one instruction stay under a few seconds."""
+    worst text we know; strict + the 8 loose variants of one instruction cost seconds of CPU, not minutes."""
     from gapo.data.ifeval_checkers import scoring
 
     sc = scoring()
     inp = sc.InputExample(key=0, instruction_id_list=["detectable_content:number_placeholders"], prompt="p",
                           kwargs=[{"num_placeholders": 1}])
     text = "[" * IC.MAX_CHECK_CHARS
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     sc.test_instruction_following_strict(inp, text)
     sc.test_instruction_following_loose(inp, text)
-    assert time.perf_counter() - t0 < 60  # measured ~4 s on the loaded 2-core box; generous for CI noise
+    assert time.process_time() - t0 < 60  # CPU seconds (not wall: a loaded box must not fail it); measured 7.7 s
 
 
 def test_validation_refuses_what_the_checker_would_compile():
