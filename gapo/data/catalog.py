@@ -2,7 +2,7 @@
 the word lists (benefit adjectives, use cases, marketing words, end phrases, placeholders) the prompts and the
 reference writer draw from.
 
-PDD, the paper's product-description dataset, is not released (docs/gapo-paper.md §5), so this is our stand-in.
+PDD, the paper's product-description dataset, is not released (arXiv 2503.20194), so this is our stand-in.
 Values are plain ASCII with no commas, no leading `*`/`-` and no "Section" so that a value dropped into a
 description can never trip an IFEval checker by accident (no_comma, bullet, section and highlight counts).
 Numeric attributes are generated from ranges, which is where most distinct attribute-value pairs come from.

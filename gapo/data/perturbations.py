@@ -1,6 +1,6 @@
 """GAPO's constraint-aware augmentation: turn a satisfied constraint set into one the same response violates.
 
-Two operators (docs/gapo-paper.md §1):
+Two operators (arXiv 2503.20194):
 - `modify`: constraint j gets new arguments the response fails: a count moved past the response's own count,
   a relation flipped, a keyword swapped for an absent word, a present word forbidden, another end phrase or
   postscript marker, the other section marker. An instruction without arguments (title, JSON, quotation,

@@ -7,7 +7,7 @@ For round k = 1..R (`adversarial.rounds`):
       `adversarial.prompts_per_round`);
   (b) build the round's RM set: EVERY sample, labelled 0 (the paper's y_gen = 0), plus preference rows
       (data/rm/train.jsonl) so that samples are `fake_ratio` of the negatives and the labels are balanced. The
-      released code's `mix_cls_dataset` adds no sample at all with pair data and ratio 0.5 (gapo-paper.md §3.2,
+      released code's `mix_cls_dataset` adds no sample at all with pair data and ratio 0.5 (arXiv 2503.20194,
       §8 bug 8); `build_rm_round_set` adds them by construction and tests/train/test_adversarial.py checks it;
   (c) train the RM on that set, continuing from round k−1 (weights AND optimizer state; the released code never
       trains it after warm-up, §8 bug 2);

@@ -2,7 +2,7 @@
 per-token rewards, GAE, the clipped policy and value losses, and the KL coefficient controllers.
 
 Semantics and names follow OpenRLHF (`openrlhf/models/utils.py`, `loss.py`, `kl_controller.py`,
-`trainer/ppo_utils/experience_maker.py`), which is what the released GAPO code runs (gapo-paper.md §3.3).
+`trainer/ppo_utils/experience_maker.py`), which is what the released GAPO code runs (arXiv 2503.20194).
 Every function is stateless except the two KL controllers, has no model or engine dependency and is
 golden-value tested by hand in tests/train/test_losses.py.
 
@@ -99,7 +99,7 @@ def compute_approx_kl(log_probs: torch.Tensor, log_probs_base: torch.Tensor,
 
     With log r = log π_ref − log π_θ:
       k1 = −log r = log π_θ − log π_ref   (unbiased, can be negative per token; OpenRLHF's default and
-                                            GAPO's setting, gapo-paper.md §2)
+                                            GAPO's setting, arXiv 2503.20194)
       k3 = (r − 1) − log r                 (unbiased, always ≥ 0, lower variance; trl#3240)
     Clamped to [−10, 10] like OpenRLHF so one degenerate token cannot dominate the reward.
     """
@@ -147,7 +147,7 @@ def get_advantages_and_returns(values: torch.Tensor, rewards: torch.Tensor, acti
 
     with V_T = 0 after the last token. Values and rewards are masked first, so positions after EOS
     contribute δ = 0 and the recursion carries nothing across the padding (right padding only).
-    This is the paper's A_n = Q(c_n,t_n) − V(c_n) with Q estimated by λ-returns (gapo-paper.md §2).
+    This is the paper's A_n = Q(c_n,t_n) − V(c_n) with Q estimated by λ-returns (arXiv 2503.20194).
     """
     mask = action_mask.to(values.dtype)
     values = values * mask
@@ -206,7 +206,7 @@ def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages
     """Clipped surrogate: −mean min(ρA, clip(ρ, 1−ε, 1+ε)A), ρ = exp(log π_θ − log π_old).
 
     We use the ratio against π_old with clipping (standard PPO, the released code), not the paper's
-    summarised L_G with a ratio against π_ref and no clip (gapo-paper.md §2, §9 item 6; docs/method.md).
+    summarised L_G with a ratio against π_ref and no clip (arXiv 2503.20194; docs/method.md).
     Returns the loss and detached stats: clip fraction and the k3 estimate of KL(π_old ‖ π_θ).
     """
     log_ratio = log_probs - old_log_probs
@@ -225,7 +225,7 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
                clip_eps: Optional[float] = 0.2, token_level: bool = False) -> torch.Tensor:
     """Clipped value loss: 0.5·mean max((V_clip − R)², (V − R)²), V_clip = V_old + clip(V − V_old, ±ε).
 
-    The paper's L_V = E[(V − R)²] (gapo-paper.md §2) is the unclipped case (`clip_eps=None`).
+    The paper's L_V = E[(V − R)²] (arXiv 2503.20194) is the unclipped case (`clip_eps=None`).
     """
     if clip_eps is not None:
         clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)

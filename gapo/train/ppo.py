@@ -1,4 +1,4 @@
-"""PPO of the generator against the encoder reward model, with OpenRLHF's semantics (gapo-paper.md §3.3).
+"""PPO of the generator against the encoder reward model, with OpenRLHF's semantics (arXiv 2503.20194).
 
 This module owns one PPO *iteration* and the pieces it is made of; gapo.train.adversarial composes them into
 the GAPO rounds. One iteration on a batch of prompts:
@@ -7,7 +7,7 @@ the GAPO rounds. One iteration on a batch of prompts:
    of the policy when `ppo.autocast` is on), then for every response token the actor's log-prob (π_old), the
    frozen reference's log-prob (π_ref; with LoRA the same base, adapter off) and the critic's value (GAE only);
    the reward of a response is the RM's score of the DECODED text re-tokenised with the RM's own tokenizer
-   (never the policy's ids: gapo-paper.md §8 bug 5), as a sigmoid probability or a raw logit
+   (never the policy's ids: a bug of the released code), as a sigmoid probability or a raw logit
    (`reward.score`). Per-token reward r_t = −β·KL_t, plus the clipped score on the last response token;
    GAE(γ, λ) gives advantages and returns (gapo.train.losses), or, critic-free (`ppo.advantage_estimator:
    group`), the score minus the mean score of the other samples of the same prompt (`group_advantages`).

@@ -1,5 +1,5 @@
 """The round's data: fresh prompt slices and the RM set, whose generator samples must actually be in it (the
-released code's mix_cls_dataset drops them all with pair data and ratio 0.5, gapo-paper.md §3.2)."""
+released code's mix_cls_dataset drops them all with pair data and ratio 0.5, arXiv 2503.20194)."""
 from __future__ import annotations
 
 import pytest

@@ -103,7 +103,7 @@ def test_gae_by_hand_with_padding():
 
 
 def test_gae_paper_defaults_and_monte_carlo_limit():
-    # gamma 1, lambda 0.95 (gapo-paper.md §3.3); V = [0.2, 0.4, 0.6]; r = [-0.01, -0.01, 0.99]
+    # gamma 1, lambda 0.95 (arXiv 2503.20194); V = [0.2, 0.4, 0.6]; r = [-0.01, -0.01, 0.99]
     # t=2: delta = 0.99 - 0.6 = 0.39 ; A2 = 0.39
     # t=1: delta = -0.01 + 0.6 - 0.4 = 0.19 ; A1 = 0.19 + 0.95·0.39 = 0.5605
     # t=0: delta = -0.01 + 0.4 - 0.2 = 0.19 ; A0 = 0.19 + 0.95·0.5605 = 0.722475
