@@ -118,6 +118,15 @@ def test_rm_rows_takes_whole_pairs(evaluated, tmp_path):
     assert m["rm_n"] == 6 and m["num_prompts"] == 2  # 3 whole pairs of the 8
 
 
+def _score_only(ws, rows, field: str, stem) -> dict:
+    """Scoring-only mode (`gapo evaluate --responses`) on rows[i][field] as the responses; its report."""
+    resp, out = stem.with_suffix(".jsonl"), stem.with_suffix(".json")
+    resp.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r[field]}) + "\n" for r in rows),
+                    encoding="utf-8")
+    assert _run(ws, "--responses", str(resp), "--output", str(out)) == 0
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
 def test_kl_to_identical_sft_is_zero(evaluated):
     _, m, rows = evaluated
     assert m["kl_to_sft"] == pytest.approx(0.0, abs=1e-6)
@@ -126,12 +135,7 @@ def test_kl_to_identical_sft_is_zero(evaluated):
 
 def test_generation_numbers_equal_scoring_only_on_the_same_responses(evaluated, tmp_path):
     ws, m, rows = evaluated
-    resp = tmp_path / "responses.jsonl"
-    resp.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["response"]}) + "\n" for r in rows),
-                    encoding="utf-8")
-    out = tmp_path / "scores.json"
-    assert _run(ws, "--responses", str(resp), "--output", str(out)) == 0
-    scored = json.loads(out.read_text(encoding="utf-8"))
+    scored = _score_only(ws, rows, "response", tmp_path / "scores")
     for key in ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc",
                 "by_instruction", "by_category", "num_instructions"):
         assert scored[key] == m[key], key
@@ -291,12 +295,7 @@ def test_vs_sft_block_with_another_sft(evaluated, evaluated_other_sft, tmp_path)
     assert [r["sft_response"] for r in rows] != [r["response"] for r in rows]
     assert vs["resamples"] == 2000 and m["kl_to_sft"] > 0
     # the SFT numbers equal scoring-only mode on the SFT responses
-    resp = tmp_path / "sft_responses.jsonl"
-    resp.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["sft_response"]}) + "\n" for r in rows),
-                    encoding="utf-8")
-    out = tmp_path / "sft_scores.json"
-    assert _run(ws, "--responses", str(resp), "--output", str(out)) == 0
-    sft_scores = json.loads(out.read_text(encoding="utf-8"))
+    sft_scores = _score_only(ws, rows, "sft_response", tmp_path / "sft_scores")
     for key in ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc", "inst_level_loose_acc"):
         assert vs[key]["sft"] == pytest.approx(sft_scores[key]), key
         assert vs[key]["delta"] == pytest.approx(m[key] - sft_scores[key]), key
