@@ -266,6 +266,9 @@ class PPOConfig(Section):
     eps_clip: float = Field(0.2, gt=0)
     value_clip: float = Field(0.2, gt=0)
     reward_clip_range: tuple[float, float] = (-10.0, 10.0)
+    missing_eos_penalty: float = Field(
+        1.0, ge=0, description="subtracted from the score of a rollout that hits generate_max_len without a stop "
+                               "token (TRL's name); 0 = off. Without it SmolLM2 learned to stop less (docs/method.md)")
     advantage_whitening: bool = True
     max_norm: float = Field(1.0, ge=0)
     advantage_estimator: Literal["group", "gae"] = Field(

@@ -50,7 +50,7 @@ CSV_COLUMNS = ("round", "rm_acc_fakes", "rm_auc", "fool_rate", "mean_reward", "k
                "hack_gap", "verifier_pass_rate_greedy", "rm_verifier_auc", "rm_acc", "rm_pp_acc", "rm_prob_fakes",
                "rm_prob_positives", "response_length", "rollout_reward", "rollout_pass_rate", "fakes_pass_rate",
                "policy_loss", "value_loss", "rm_loss", "n_fakes_in_rm_set", "rollout_rm_verifier_auc", "ratio_dev_first",
-               "seconds")
+               "rollout_stopped", "eos_rate", "seconds")
 
 
 # ============================================================================================ data for a round
@@ -497,6 +497,7 @@ def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) 
                   rollout_rm_verifier_auc=_nanmean([s["rm_verifier_auc"] for s in ppo_stats]),
                   ratio_dev_first=max(s["ratio_dev_first"] for s in ppo_stats),
                   rollout_pass_rate=sum(s["pass_rate"] for s in ppo_stats) / len(ppo_stats),
+                  rollout_stopped=sum(s["stopped"] for s in ppo_stats) / len(ppo_stats),
                   rollout_kl=last["kl"], policy_loss=last["policy_loss"], value_loss=last["value_loss"],
                   clipfrac=last["clipfrac"], kl_coef=last["kl_coef"], ppo_steps=where.step, ppo=ppo_stats)
     for phase, key in (("rollout", "timing/rollout_s"), ("ppo_forward", "timing/forward_s"),

@@ -43,7 +43,7 @@ from gapo.runtime import bars_off
 from gapo.train.guards import inject_nan
 from gapo.train.losses import (build_kl_controller, compute_approx_kl, compute_reward, entropy_from_logits,
                                get_advantages_and_returns, log_probs_from_logits, masked_mean, masked_whiten,
-                               policy_loss, value_loss)
+                               penalize_missing_eos, policy_loss, value_loss)
 
 
 # ------------------------------------------------------------------------------------------ containers
@@ -242,7 +242,8 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
     """Rollouts on `rows` (IFEval-format prompts: prompt, instruction_id_list, kwargs) with everything PPO needs.
 
     Returns the rollouts (advantages not yet whitened) and stats averaged over this rank's samples: `reward`
-    (RM score), `kl` (mean per-token KL to the reference), `entropy`, `response_length`, `pass_rate`.
+    (RM score, less `ppo.missing_eos_penalty` where the response did not stop), `kl` (mean per-token KL to the
+    reference), `entropy`, `response_length`, `stopped` (share ending on a stop id), `pass_rate`.
     """
     from tqdm import tqdm
 
@@ -257,7 +258,8 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
     device = models.device
     expanded = [r for r in rows for _ in range(ppo.n_samples_per_prompt)]
     rollouts: list[Rollout] = []
-    acc: dict[str, list[float]] = {"reward": [], "kl": [], "entropy": [], "response_length": [], "pass": []}
+    acc: dict[str, list[float]] = {"reward": [], "kl": [], "entropy": [], "response_length": [], "stopped": [],
+                                   "pass": []}
     clock = {"rollout": 0.0, "forward": 0.0, "reward": 0.0}  # seconds per phase (timing/<phase>_s, docs/benchmarks.md)
     group = ppo.advantage_estimator == "group"
     t_copy = time.perf_counter()
@@ -293,6 +295,10 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
         score = inject_nan("ppo.reward", score, round=where.round, step=where.step)  # fault-injection hook
         check_finite(score, "reward-model score", where)
         lengths = s.action_mask.sum(dim=1).long().tolist()
+        stopped = torch.tensor([L > 0 and int(s.sequences[i, s.prompt_len + L - 1]) in stops
+                                for i, L in enumerate(lengths)], device=score.device)
+        if ppo.missing_eos_penalty:
+            score = penalize_missing_eos(score, stopped, ppo.missing_eos_penalty)
         fresh = []
         for i, L in enumerate(lengths):
             P = int(s.attention_mask[i, :s.prompt_len].sum())
@@ -338,6 +344,7 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
         clock["forward"] += t3 - t2
         acc["reward"] += score.tolist()
         acc["response_length"] += [float(x) for x in lengths]
+        acc["stopped"] += stopped.float().tolist()
         acc["pass"] += [float(v) for v in verdicts if v is not None]
     if group:
         group_advantages(rollouts, kls, ppo.n_samples_per_prompt, kl_coef, params, where)

@@ -195,3 +195,10 @@ def test_pad_right():
     out, mask = pad_right([torch.tensor([1.0, 2.0]), torch.tensor([3.0])])
     torch.testing.assert_close(out, torch.tensor([[1.0, 2.0], [3.0, 0.0]]))
     torch.testing.assert_close(mask, torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
+
+
+def test_penalize_missing_eos_by_hand():
+    score = torch.tensor([0.5, -1.0, 2.0])
+    stopped = torch.tensor([True, False, False])
+    assert L.penalize_missing_eos(score, stopped, 1.5).tolist() == [0.5, -2.5, 0.5]
+    assert L.penalize_missing_eos(score, stopped, 0.0).tolist() == score.tolist()

@@ -130,6 +130,27 @@ def test_verifier_reward_source_scores_plus_minus_one(tiny):
         make_experience(m, unchecked, oracle, kl_coef=0.01, where=Where(round=1))
 
 
+def test_missing_eos_penalty_lowers_only_unstopped_scores(tiny):
+    from gapo.models.prompting import decode_response, stop_token_ids
+    from gapo.train.ppo import Where, make_experience, verifier_verdicts
+
+    ws, params = tiny
+    ppo = params.ppo.model_copy(update={"reward_source": "verifier", "missing_eos_penalty": 0.5,
+                                        "generate_max_len": 4})
+    oracle = params.model_copy(update={"ppo": ppo})
+    m = build_models(ws, oracle)
+    rows = read_jsonl(ws.jsonl("ifeval", "train"))[:6]
+    rollouts, stats = make_experience(m, rows, oracle, kl_coef=0.01, where=Where(round=1))
+    stops = set(stop_token_ids(m.tokenizer))
+    stopped = [int(r.response_ids[-1]) in stops for r in rollouts]
+    assert not all(stopped)  # 4 new tokens: most rows hit the cap, so the penalty is exercised
+    texts = [decode_response(r.response_ids.tolist(), m.tokenizer) for r in rollouts]
+    verdicts = verifier_verdicts(rows, texts)
+    assert [r.score for r in rollouts] == [(1.0 if v else -1.0) - (0.0 if s else 0.5)
+                                           for v, s in zip(verdicts, stopped)]
+    assert stats["stopped"] == pytest.approx(sum(stopped) / len(stopped))
+
+
 def math_finite(x: float) -> bool:
     import math
 
