@@ -52,6 +52,9 @@ class RuntimeConfig(Section):
     """Process-wide settings (gapo.runtime)."""
 
     threads: int = Field(2, ge=0, description="torch intra-op threads; 0 = torch's default")
+    decode_threads: int = Field(0, ge=0, description="intra-op threads while sampling token by token (rollouts, "
+                                                     "fakes, health); 0 = `threads`. 1 suits tiny models, whose "
+                                                     "per-token matmuls are too small to split (docs/benchmarks.md)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True
 

@@ -134,7 +134,7 @@ def generate_fakes(actor, tokenizer, rows: Sequence[dict], params: Params, k: in
     for s in tqdm(range(0, len(rows), ppo.micro_rollout_batch_size), desc=f"round {k} fakes",
                   disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False):
         chunk = rows[s:s + ppo.micro_rollout_batch_size]
-        with decode_threads():
+        with decode_threads(params.runtime.decode_threads):
             res = sample(actor, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
                          pad, greedy=greedy, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k,
                          sync_ranks=True)
@@ -183,7 +183,7 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
     for s in tqdm(range(0, len(eval_rows), ppo.micro_rollout_batch_size), desc="health samples",
                   disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False):
         chunk = eval_rows[s:s + ppo.micro_rollout_batch_size]
-        with decode_threads():
+        with decode_threads(params.runtime.decode_threads):
             res = sample(decoder, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
                          pad, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, generator=gen,
                          sync_ranks=True)
@@ -208,7 +208,7 @@ def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_row
     greedy_texts = []
     for s in range(0, len(eval_rows), ppo.micro_rollout_batch_size):
         chunk = eval_rows[s:s + ppo.micro_rollout_batch_size]
-        with decode_threads():
+        with decode_threads(params.runtime.decode_threads):
             res = sample(decoder, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
                          pad, greedy=True, sync_ranks=True)
         greedy_texts += [decode_response(row, tokenizer, stops) for row in res.response_ids.tolist()]

@@ -108,13 +108,14 @@ def _module(model):
 
 
 @contextlib.contextmanager
-def decode_threads(n: int = 1):
-    """Run token-by-token decoding on `n` intra-op threads. A decode step multiplies a few rows by each weight
-    (e.g. 16×256 by 256×1024): too small to split, so a second OpenMP thread only adds a barrier per op, and when
-    the other core is busy each barrier waits for a scheduler slice. Measured on the 2-core box under load:
-    16×256×1024 linear 0.13 ms on 1 thread vs 16 ms on 2; 16 prompts × 128 tokens 3.2 s vs 72 s."""
+def decode_threads(n: int = 0):
+    """Run token-by-token decoding on `n` intra-op threads (`runtime.decode_threads`; 0 = leave as is). A decode
+    step of a tiny model multiplies a few rows by each weight (e.g. 16×256 by 256×1024): too small to split, so a
+    second OpenMP thread only adds a barrier per op. Measured on the 2-core box under load with the 1.6 M toy:
+    16×256×1024 linear 0.13 ms on 1 thread vs 16 ms on 2; 16 prompts × 128 tokens 3.2 s vs 72 s. SmolLM2's steps
+    are matmul-bound and use both (docs/benchmarks.md)."""
     prev = torch.get_num_threads()
-    torch.set_num_threads(min(n, prev))
+    torch.set_num_threads(min(n, prev) if n > 0 else prev)
     try:
         yield
     finally:
@@ -277,7 +278,7 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
     for start in bar:
         chunk = expanded[start:start + ppo.micro_rollout_batch_size]
         t0 = time.perf_counter()
-        with decode_threads():
+        with decode_threads(params.runtime.decode_threads):
             s = sample(decoder, encode_prompts(chunk, tok, ppo.prompt_max_len), ppo.generate_max_len, stops, pad,
                        greedy=False, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, sync_ranks=True)
         t1 = time.perf_counter()

@@ -213,3 +213,20 @@ def test_two_process_torchrun_ppo_step(tiny, tmp_path):
     out = json.loads(summary.read_text())
     assert out["world_size"] == 2 and out["steps"] == 1
     assert math_finite(out["last"]["policy_loss"]) and math_finite(out["last"]["value_loss"])
+
+
+def test_decode_threads_sets_and_restores_the_thread_count():
+    from gapo.train.ppo import decode_threads
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with decode_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with decode_threads(0):  # 0 = runtime.threads, i.e. unchanged
+            assert torch.get_num_threads() == 2
+        with decode_threads(8):  # never more than the process was given
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(prev)
