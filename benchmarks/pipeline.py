@@ -157,7 +157,9 @@ def main(argv=None) -> dict:
         total = {"rc": max(s["rc"] for s in per_stage.values()), "wall_s": round(time.time() - t0, 2),
                  "peak_rss_mib": max(s["peak_rss_mib"] for s in per_stage.values())}
     out = {"mode": "dvc repro" if ns.dvc else "stage commands", "profile": ns.profile, "overrides": ns.overrides,
-           "workspace": str(ws), "total": total, "per_stage": per_stage, "phases_s": phases_from_metrics(ws),
+           # a machine path would leak into a committed result: say which kind of workspace it was
+           "workspace": "this repository" if ns.dvc else "a fresh workspace",
+           "total": total, "per_stage": per_stage, "phases_s": phases_from_metrics(ws),
            "load": {"before": load_before, "after": common.loadavg()}}
     common.emit(ns.name, out)
     return out

@@ -36,6 +36,14 @@ def workspace() -> Path:
     return WS
 
 
+def public_settings(ns) -> dict:
+    """The run's settings for a committed result: a --policy path is this machine's, so only its last two parts."""
+    out = dict(vars(ns))
+    if out.get("policy"):
+        out["policy"] = "/".join(Path(out["policy"]).parts[-2:])
+    return out
+
+
 def decode(ns) -> dict:
     import torch
     from transformers import GenerationConfig
@@ -82,7 +90,7 @@ def decode(ns) -> dict:
         return float(response_tokens(out[:, ids.size(1):]))
 
     res = common.interleaved({"ours": ours, "hf_generate": hf}, repeats=ns.repeats, warmup=False)
-    return {"settings": vars(ns), "results": res, "ratio_ours_over_hf": common.ratio(res, "ours", "hf_generate")}
+    return {"settings": public_settings(ns), "results": res, "ratio_ours_over_hf": common.ratio(res, "ours", "hf_generate")}
 
 
 def ppo(ns) -> dict:
@@ -130,7 +138,7 @@ def ppo(ns) -> dict:
     ratios = {name: common.ratio(res, "default_lora_bf16_group", name) for name in setups if name != "default_lora_bf16_group"}
     phases = {name: {k: v for k, v in fns[name].last.items() if k.startswith("timing/") or k in (
         "experience_s", "train_s", "ratio_dev_first")} for name in setups}
-    return {"settings": {**vars(ns), "overrides": base}, "results": res, "default_over": ratios, "phases": phases}
+    return {"settings": {**public_settings(ns), "overrides": base}, "results": res, "default_over": ratios, "phases": phases}
 
 
 def main() -> None:
