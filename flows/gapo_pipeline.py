@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import os
 
-# Ephemeral mode starts a temporary API server; its 20 s default start-up timeout fails on a loaded machine.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# Ephemeral mode starts a temporary API server; its 20 s default start-up timeout fails on a loaded machine, and so
+# did 120 s (a niced flow on the 2-core box at load ~5, the kill schedule's reference run). The timeout only bounds
+# the wait for a server that never comes up, so a long one costs nothing when it does.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 
 import argparse  # noqa: E402
 import atexit  # noqa: E402

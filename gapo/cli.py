@@ -76,6 +76,17 @@ def _env_seconds(name: str, default: float) -> float:
     return value
 
 
+def _sweep_leftovers(root: Path) -> None:
+    """Temp files of a killed earlier attempt (gapo.sweep), under the stage lock; a failure to delete one must not
+    cost the stage, so it is a warning."""
+    from gapo.sweep import report, sweep_temp_files
+
+    try:
+        report("temp file(s)", sweep_temp_files(root))
+    except OSError as exc:
+        print(f"gapo: warning: leftovers of a killed run not swept: {one_line(str(exc))}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     from gapo.redaction import redacting_output
 
@@ -111,6 +122,7 @@ def _main(argv: list[str] | None = None) -> int:
 
             wait = _env_seconds("GAPO_WORKSPACE_LOCK_TIMEOUT_S", 60.0)
             with workspace_lock(ws.root, "stage", f"gapo {ns.stage}", timeout_s=wait):
+                _sweep_leftovers(ws.root)
                 result = spec.fn(params, ws, **extra)
         else:
             result = spec.fn(params, ws, **extra)

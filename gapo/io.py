@@ -19,6 +19,8 @@ from typing import Any, Iterable, Iterator
 
 # (temp file, target) pairs staged by `all_or_nothing` in this thread; None when no block is open.
 _STAGED = threading.local()
+# (workspace root, lock name) of the workspace locks this process holds (`holds_workspace_lock`).
+_HELD: set[tuple[str, str]] = set()
 
 
 def _umask() -> int:
@@ -238,8 +240,16 @@ def workspace_lock(root: str | os.PathLike, name: str, what: str, timeout_s: flo
         other = owner.read_text(encoding="utf-8").strip() if owner.is_file() else "another process"
         raise GapoError(f"workspace {Path(root)}: busy, {other} holds .gapo/{name}.lock (waited {timeout_s:g} s); "
                         "run concurrent pipelines in separate workspaces (docs/reliability.md)") from None
+    key = (str(Path(root).resolve()), name)
     try:
         owner.write_text(f"pid {os.getpid()} ({what})\n", encoding="utf-8")
+        _HELD.add(key)
         yield
     finally:
+        _HELD.discard(key)
         lock.release()
+
+
+def holds_workspace_lock(root: str | os.PathLike, name: str) -> bool:
+    """Whether this process holds `<root>/.gapo/<name>.lock` (what gapo.sweep needs before deleting anything)."""
+    return (str(Path(root).resolve()), name) in _HELD

@@ -76,18 +76,21 @@ def rm_warmup(params: Params, ws: Workspace) -> dict:
     return run_rm_warmup_stage(params, paradigm_workspace(params, ws))
 
 
+def method_params(params: Params) -> Params:
+    """The params the method stage runs with: `train_seed`, when set, is the seed of everything the stage draws
+    (rounds, baselines, health eval)."""
+    if params.train_seed is not None:
+        return params.model_copy(update={"seed": params.train_seed})
+    return params
+
+
 def adversarial(params: Params, ws: Workspace, round: int | None = None) -> dict:  # noqa: A002 (the CLI flag)
     from gapo.train.adversarial import run_adversarial_stage
-    from gapo.train.baselines import is_baseline, paradigm_workspace, run_baseline_stage
+    from gapo.train.baselines import check_baseline_stage, is_baseline, paradigm_workspace, run_baseline_stage
 
-    ws = paradigm_workspace(params, ws)
-    if params.train_seed is not None:  # one seed for everything the stage draws (rounds, baselines, health eval)
-        params = params.model_copy(update={"seed": params.train_seed})
+    ws, params = paradigm_workspace(params, ws), method_params(params)
     if is_baseline(params):  # method sft / ppo (decoder RM) / dpo / kto / orpo / simpo: docs/baselines.md
-        if round is not None:
-            from gapo.config import ConfigError
-
-            raise ConfigError(f"adversarial --round {round}: method {params.method} has no rounds")
+        check_baseline_stage(params, round)
         return run_baseline_stage(params, ws)
     return run_adversarial_stage(params, ws, round)
 

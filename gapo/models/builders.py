@@ -65,17 +65,52 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int =
                                    model_max_length=max_length)
 
 
+# Continuation characters during WordPiece training: c -> chr(_CONTINUATION + ord(c)) (Supplementary Private Use
+# Area-A, which no corpus text uses), so that "##c" is a character of the alphabet instead of a token the trainer
+# creates on the fly (train_wordpiece_tokenizer).
+_CONTINUATION = 0xF0000
+
+
+def _mark_continuations(word: str) -> str:
+    return word[:1] + "".join(chr(_CONTINUATION + ord(c)) if ord(c) < 0x10000 else c for c in word[1:])
+
+
+def _unmark(token: str) -> str:
+    """A BPE token of marked words -> its WordPiece spelling ("##" + text for a token inside a word)."""
+    plain = "".join(chr(ord(c) - _CONTINUATION) if ord(c) >= _CONTINUATION and ord(c) < _CONTINUATION + 0x10000
+                    else c for c in token)
+    inside = token and _CONTINUATION <= ord(token[0]) < _CONTINUATION + 0x10000
+    return "##" + plain if inside else plain
+
+
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int = 512, lowercase: bool = False):
-    """Cased by default: IFEval has case constraints ("all lowercase", "all capitals") an uncased RM cannot see."""
+    """Cased by default: IFEval has case constraints ("all lowercase", "all capitals") an uncased RM cannot see.
+
+    The vocabulary is what `WordPieceTrainer` learns (BPE merges over words whose non-initial characters are
+    "##" pieces), trained so that the same texts always give the same vocabulary: `WordPieceTrainer` itself does
+    not (huggingface/tokenizers#1794: it numbers the "##" pieces in hash-map order, and those numbers break ties
+    between equally frequent merges), which made the `models` stage, and every weight after it, differ from run to
+    run. Here a word's non-initial characters are mapped to private-use characters first, so every piece is in the
+    sorted initial alphabet, a plain BPE trainer (deterministic) learns the merges, and the tokens are mapped back."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    wp.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False if not lowercase else None)
-    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False if not lowercase else None)
+    split = pre_tokenizers.BertPreTokenizer()
+    words = [[w for w, _ in split.pre_tokenize_str(normalizer.normalize_str(t))] for t in texts]
+    alphabet = sorted({c for ws in words for w in ws for c in w})
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    bpe.train_from_iterator((" ".join(_mark_continuations(w) for w in ws) for ws in words),
+                            trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=WP_SPECIALS, min_frequency=0,
+                                                initial_alphabet=alphabet, show_progress=False))
+    vocab: dict[str, int] = {}
+    for token, _ in sorted(bpe.get_vocab().items(), key=lambda kv: kv[1]):
+        vocab.setdefault(_unmark(token), len(vocab))
+    wp = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    wp.normalizer = normalizer
+    wp.pre_tokenizer = split
     wp.decoder = decoders.WordPiece()
-    wp.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=WP_SPECIALS,
-                                                            show_progress=False))
     # The template must be set after training: [CLS]/[SEP] ids only exist once the vocabulary does.
     wp.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",

@@ -155,7 +155,12 @@ def candidate_metrics(params: Params, ws: Workspace) -> tuple[dict[str, Any], di
     path = ws.metrics_file("evaluate")
     if not path.is_file():
         raise GapoError(f"register: {path} not found (run `gapo evaluate` first)")
-    metrics = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GapoError(f"register: {path}: not valid JSON ({type(exc).__name__}); rerun `gapo evaluate`") from None
+    if not isinstance(metrics, dict):
+        raise GapoError(f"register: {path}: expected a JSON object of metrics; rerun `gapo evaluate`")
     gate = params.registry.gate
     cand = {"metric": metrics.get(gate.metric), "kl": metrics.get(gate.kl_metric),
             "hack_gap": last_round_hack_gap(ws), "eval_set": eval_set_id(params, ws)}
@@ -254,13 +259,20 @@ def promote(client, params: Params, versions: dict[str, str], candidate: dict[st
     return verdict
 
 
+def check_register_inputs(params: Params, ws: Workspace) -> None:
+    """What `register` reads, checked before anything is logged: the final models and metrics/evaluate.json. The
+    stage calls it first, and gapo.preflight before the stage's MLflow run opens."""
+    for what, path in (("policy", ws.final / "policy"), ("reward model", ws.final / "reward")):
+        if not (path / "config.json").is_file():
+            raise ModelError(f"register: final {what} {path} is not a saved HF model dir (run the adversarial stage)")
+    candidate_metrics(params, ws)
+
+
 def run_register(params: Params, ws: Workspace) -> dict[str, Any]:
     import mlflow
 
     policy_dir, reward_dir = ws.final / "policy", ws.final / "reward"
-    for what, path in (("policy", policy_dir), ("reward model", reward_dir)):
-        if not (path / "config.json").is_file():
-            raise ModelError(f"register: final {what} {path} is not a saved HF model dir (run the adversarial stage)")
+    check_register_inputs(params, ws)
     candidate, eval_metrics = candidate_metrics(params, ws)
     exp_id = backend.configure(params, ws.root)
     client = mlflow.MlflowClient()

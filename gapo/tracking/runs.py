@@ -237,6 +237,7 @@ class _StageTracker:
         self.owns_parent = False
         with contextlib.suppress(Exception):  # runs of a killed earlier attempt in this workspace -> KILLED
             mark_killed_runs(self.client, self.exp_id, ws.root)
+        self._sweep_orphan_models()
         self.parent_id = self._parent()
         with contextlib.suppress(Exception):
             lineage.backfill_self_hashes(self.client, self.parent_id, ws.root)
@@ -252,6 +253,20 @@ class _StageTracker:
         mlflow.log_params(flat_params(params))
         if cli_args:
             mlflow.log_params(_safe_tags({f"cli.{k}": v for k, v in cli_args.items()}))
+
+    def _sweep_orphan_models(self) -> None:
+        """Logged models of a killed `register` in this workspace that no version uses (gapo.sweep); only under the
+        stage lock (`gapo <stage>`), and a failure is a warning: tidying up must not cost the stage."""
+        from gapo.io import holds_workspace_lock
+
+        if not holds_workspace_lock(self.ws.root, "stage"):
+            return
+        from gapo.sweep import report, sweep_orphan_models
+
+        try:
+            report("logged model(s)", sweep_orphan_models(self.client, self.exp_id, self.ws.root))
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"orphan logged models not swept: {type(exc).__name__}: {exc}")
 
     def _parent(self) -> str:
         client = self.client

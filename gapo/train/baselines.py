@@ -569,8 +569,15 @@ def run_baseline(params: Params, ws: Workspace) -> dict:
                                                      "rm_val_pair_accuracy", "train_reward_accuracy")}}
 
 
-def run_baseline_stage(params: Params, ws: Workspace) -> dict:
+def check_baseline_stage(params: Params, round: int | None = None) -> None:  # noqa: A002 (the CLI flag)
+    """A baseline's settings the method stage refuses before anything runs (gapo.stages, gapo.preflight)."""
+    if round is not None:
+        raise ConfigError(f"adversarial --round {round}: method {params.method} has no rounds")
     if params.deepspeed.launcher != "none":
         raise ConfigError(f"method {params.method!r} with deepspeed.launcher={params.deepspeed.launcher}: the "
                           "baselines run in one process (set deepspeed.launcher=none)")
+
+
+def run_baseline_stage(params: Params, ws: Workspace) -> dict:
+    check_baseline_stage(params)
     return run_baseline(params, ws)

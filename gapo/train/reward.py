@@ -385,9 +385,25 @@ def train_reward_model(model_or_engine, tokenizer, rows: Sequence[dict], params:
 
 
 # ------------------------------------------------------------------------------------------ warm-up stage
+def check_rm_warmup_inputs(params: Params, ws: Workspace) -> None:
+    """What the warm-up reads, checked before anything else: its data files exist and hold valid rows, models/reward
+    is a model directory. The stage calls it first, and gapo.preflight calls it before the stage's MLflow run opens,
+    so a call that fails on its input leaves no run behind."""
+    from gapo.errors import DataError
+    from gapo.models.loading import check_model_dir, resolve_model_dir
+
+    paths = (ws.jsonl("rm", "train"), ws.jsonl("rm", "validation")) if params.reward.eval_examples else \
+        (ws.jsonl("rm", "train"),)
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"{p}: not found (run `gapo prepare` first)")
+    check_model_dir(resolve_model_dir(ws.reward_base, "reward", params.models), "reward", params.models)
+    for p in paths:
+        load_rm_rows(p)
+
+
 def run_rm_warmup(params: Params, ws: Workspace) -> dict:
     from gapo import runtime
-    from gapo.errors import DataError
     from gapo.io import atomic_file, write_json
     from gapo.models.loading import load_reward_model
     from gapo.train import engine as E
@@ -396,9 +412,7 @@ def run_rm_warmup(params: Params, ws: Workspace) -> dict:
     rank, world = E.init_distributed()
     runtime.setup(params, seed_offset=1)
     train_path, val_path = ws.jsonl("rm", "train"), ws.jsonl("rm", "validation")
-    for p in (train_path, val_path) if cfg.eval_examples else (train_path,):
-        if not p.exists():
-            raise DataError(f"{p}: not found (run `gapo prepare` first)")
+    check_rm_warmup_inputs(params, ws)
     model, tok = load_reward_model(ws.reward_base, params.models)
     train = load_rm_rows(train_path, cfg.warmup_examples, seed=params.seed)
     # eval_examples = 0 skips validation (as in SFT); rows are sampled by key, so pairs stay whole.

@@ -115,12 +115,29 @@ def eval_loss(model, examples: list[Example], batch_size: int, pad_id: int) -> f
 
 
 # ------------------------------------------------------------------------------------------ recipe
+def check_sft_inputs(params: Params, ws: Workspace) -> None:
+    """What SFT reads, checked before anything else: its data files exist and parse, models/policy is a model
+    directory. The stage calls it first, and gapo.preflight calls it before the stage's MLflow run opens, so a call
+    that fails on its input leaves no run behind."""
+    from gapo.errors import DataError
+    from gapo.io import read_jsonl
+    from gapo.models.loading import check_model_dir, resolve_model_dir
+
+    train_path, val_path = ws.jsonl("sft", "train"), ws.jsonl("sft", "validation")
+    if not train_path.exists():
+        raise DataError(f"{train_path}: not found (run `gapo prepare` first)")
+    check_model_dir(resolve_model_dir(ws.policy_base, "policy", params.models), "policy", params.models)
+    read_jsonl(train_path)
+    if val_path.exists() and params.sft.eval_examples:
+        read_jsonl(val_path)
+
+
 def run_sft(params: Params, ws: Workspace) -> dict:
     import torch
     from tqdm import tqdm
 
     from gapo import runtime
-    from gapo.errors import DataError, NumericalError
+    from gapo.errors import NumericalError
     from gapo.io import atomic_file, read_jsonl, write_json
     from gapo.models.loading import autocast_context, load_policy
     from gapo.models.prompting import decode_response, encode_prompt, pad_token_id, stop_token_ids
@@ -133,8 +150,7 @@ def run_sft(params: Params, ws: Workspace) -> dict:
     rank, world = E.init_distributed()
     device = runtime.setup(params, seed_offset=0)
     train_path, val_path = ws.jsonl("sft", "train"), ws.jsonl("sft", "validation")
-    if not train_path.exists():
-        raise DataError(f"{train_path}: not found (run `gapo prepare` first)")
+    check_sft_inputs(params, ws)
     model, tok = load_policy(ws.policy_base, params.models)
     if params.models.lora.enabled:  # checkpoints/sft is saved merged (engine.save_hf): a plain HF model again
         from gapo.models.adapters import add_lora

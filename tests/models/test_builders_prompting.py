@@ -105,3 +105,24 @@ def test_corpus_texts_needs_data(tmp_path):
     ta.write_fixture_data(ws, n_train=5, n_val=1, n_test=1)
     texts = builders.corpus_texts(ws, include_rm=True)
     assert len(texts) == 5 + 10 and prompting.RESPONSE_MARKER in texts[0]
+
+
+_TRAIN_IN_A_FRESH_PROCESS = """
+import hashlib, sys
+sys.path.insert(0, sys.argv[1])
+from test_builders_prompting import TEXTS
+from gapo.models import builders
+print(hashlib.md5(builders.train_wordpiece_tokenizer(TEXTS, 300).backend_tokenizer.to_str().encode()).hexdigest())
+"""
+
+
+def test_wordpiece_training_gives_the_same_vocabulary_in_every_process():
+    """tokenizers' WordPieceTrainer numbers its "##" pieces in hash-map order (a new random order per process) and
+    learned a different vocabulary on these texts in 4 of 4 processes; ours must not (the `models` stage of the
+    tiny profile is rerun after a kill and must rebuild the same RM)."""
+    import subprocess
+
+    digests = {subprocess.run([sys.executable, "-c", _TRAIN_IN_A_FRESH_PROCESS, str(Path(__file__).parent)],
+                              capture_output=True, text=True, check=True, timeout=300).stdout.strip()
+               for _ in range(4)}
+    assert len(digests) == 1, digests

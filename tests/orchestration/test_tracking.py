@@ -15,6 +15,13 @@ from gapo.paths import Workspace
 from gapo.tracking import backend, runs
 
 
+@pytest.fixture(autouse=True)
+def _no_input_checks(monkeypatch):
+    """The stand-ins read nothing, so the real stages' input checks before the run opens (gapo.preflight, tested in
+    tests/reliability/test_lifecycle.py) would reject these empty workspaces first; this file tests the runs."""
+    monkeypatch.setattr("gapo.preflight.PREFLIGHT", {})
+
+
 def _sft_like(params, ws):
     write_json(ws.metrics_file("sft"), {"train_loss_final": 1.5, "steps": 3, "nested": {"x": 2}, "name": "s"})
     ws.plots.mkdir(parents=True, exist_ok=True)
@@ -128,7 +135,6 @@ def test_failed_stage_marks_runs_failed_and_propagates(tmp_path, mlflow_store, m
     ws.root.mkdir()
     monkeypatch.setenv("GAPO_PIPELINE_KEY", "test-pipeline-fail")
     params = load_params(None, ["tracking.system_metrics=false"])
-
     def broken(params, ws):
         raise DataError("data/sft/train.jsonl line 3: field 'prompt' missing")
 

@@ -1,6 +1,7 @@
 """Credentials inside a URI (`scheme://user:password@host`) are never printed or logged (issue 13, item 1), on every
-path: our own `error:` / warning lines, MLflow params and tags, and what libraries print while a command runs
-(MLflow's "API request to http://user:password@... failed" warning after its retries, log records, warnings)."""
+path: our own `error:` / warning lines, MLflow params and tags (the `gapo.error` tag of a failed stage), and what
+libraries print while a command runs (MLflow's "API request to http://user:password@... failed" warning after its
+retries, log records, warnings). Each test asserts the URI is there, redacted, so it cannot pass by omission."""
 from __future__ import annotations
 
 import logging
@@ -88,7 +89,9 @@ def test_params_tags_and_error_line_are_redacted(tmp_path, monkeypatch, capfd):
     rc = cli.main(["--workdir", str(ws), "prepare", *common,
                    "-S", f"data.user.sft=https://user:{PASSWORD}@data.example/sft.jsonl"])
     out = capfd.readouterr()
-    assert rc == 2 and "file not found" in out.err, out.err[-2000:]
+    assert rc == 2, out.err[-2000:]
+    # the line quotes the path, minus its user:password@ (pathlib made `https://` into `https:/`)
+    assert "error: https:/data.example/sft.jsonl: file not found (data.user.sft)" in out.err, out.err[-2000:]
     assert PASSWORD not in out.out + out.err
     client = mlflow.MlflowClient(db)
     exp = client.get_experiment_by_name("redaction")
@@ -105,6 +108,38 @@ def test_params_tags_and_error_line_are_redacted(tmp_path, monkeypatch, capfd):
         seen += list(r.data.params.values()) + list(r.data.tags.values())
         assert r.data.params.get("tracking.tracking_uri") == "http://127.0.0.1:9/base"
     assert not [v for v in seen if PASSWORD in v]
+
+
+def test_error_line_and_error_tag_of_a_failed_stage_are_redacted(tmp_path, monkeypatch, capsys):
+    """A stage that fails after its MLflow run opened (bad input fails before it: gapo.preflight): evaluate of a
+    `models:/` policy whose registry is down. MLflow's exception quotes the registry URL with its user:password@;
+    the `error:` line and the run's `gapo.error` tag quote it without."""
+    import mlflow
+
+    from gapo import cli
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"key": 1, "prompt": "p", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}\n')
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for key, value in {"GAPO_TRACKING": "on", "MLFLOW_TRACKING_URI": db, "MLFLOW_REGISTRY_URI": DOWN,
+                       "MLFLOW_EXPERIMENT_NAME": "redaction", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(ws)
+    rc = cli.main(["--workdir", str(ws), "evaluate", "--input", str(inp), "-S", "evaluate.model=models:/gapo-policy@x",
+                   "-S", "tracking.system_metrics=false"])
+    err = capsys.readouterr().err
+    quoted = "API request to http://127.0.0.1:9/base/api/2.0/mlflow/"
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2 and len(lines) == 1 and quoted in lines[0], err[-2000:]
+    assert PASSWORD not in err
+    client = mlflow.MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("redaction").experiment_id])
+    errors = [r.data.tags["gapo.error"] for r in runs if "gapo.error" in r.data.tags]
+    assert len(errors) == 1 and errors[0].startswith("ModelError: ") and quoted in errors[0], errors
+    assert not [v for r in runs for v in [*r.data.params.values(), *r.data.tags.values()] if PASSWORD in v]
 
 
 def test_error_line_naming_the_store_is_redacted(tmp_path, monkeypatch, capsys):
