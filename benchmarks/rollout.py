@@ -20,7 +20,7 @@ def setup(batch: int, ws: Path):
     from gapo.io import read_jsonl
     from gapo.models.loading import load_policy
     from gapo.models.prompting import pad_token_id
-    from gapo.train.ppo import encode_prompts
+    from gapo.train.rollout import encode_prompts
 
     params = common.load_params()
     model, tok = load_policy(ws / "models" / "policy", params.models)

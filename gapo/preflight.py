@@ -73,7 +73,7 @@ def _gapo_rounds(params: Params, ws: Workspace, round: int | None) -> None:  # n
     compares every line with the stage's own, tracking off)."""
     from gapo.config import ConfigError
     from gapo.errors import DataError
-    from gapo.train.adversarial import completed_rounds, fingerprint
+    from gapo.train.round_state import completed_rounds, fingerprint
 
     n = params.adversarial.rounds
     if round is not None and not 1 <= round <= n:

@@ -211,16 +211,14 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], cfg, max_new_to
     """
     import torch
 
-    from gapo.models.prompting import decode_response, encode_prompt, pad_token_id, stop_token_ids
-    from gapo.train.sampler import sample
+    from gapo.models.prompting import encode_prompt
+    from gapo.train.rollout import Sampling, sample_and_decode
 
     limit = getattr(model.config, "max_position_embeddings", None)
     prompt_max = None if limit is None else limit - max_new_tokens
     if prompt_max is not None and prompt_max < 8:
         raise ModelError(f"policy: max_position_embeddings {limit} leaves {prompt_max} prompt tokens after "
                          f"evaluate.max_new_tokens={max_new_tokens}; lower evaluate.max_new_tokens")
-    stops = stop_token_ids(tokenizer)
-    pad = pad_token_id(tokenizer)
     full = [encode_prompt(p, tokenizer) for p in prompts]
     ids = [f if prompt_max is None or len(f) <= prompt_max else encode_prompt(p, tokenizer, prompt_max)
            for f, p in zip(full, prompts)]
@@ -236,6 +234,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], cfg, max_new_to
         from gapo.train.sampler import bf16_decoder
 
         decoder = bf16_decoder(model)
+    sampling = Sampling(max_new_tokens, cfg.greedy, cfg.temperature, cfg.top_p, cfg.top_k)
     rows: list[Optional[dict]] = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))  # similar lengths share a batch: less padding
     from tqdm import tqdm
@@ -245,17 +244,14 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], cfg, max_new_to
     for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"evaluate {desc}", unit="batch",
                       disable=bars_off(True), dynamic_ncols=True, mininterval=1.0):
         batch = order[start:start + cfg.batch_size]
-        s = sample(decoder, [ids[i] for i in batch], max_new_tokens, stops, pad, greedy=cfg.greedy,
-                   temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, generator=generator)
-        lengths = s.response_lengths.tolist()
+        gen = sample_and_decode(decoder, [ids[i] for i in batch], tokenizer, sampling, generator=generator)
         kl = None
         if reference is not None:  # bf16 matmuls where native (2 float32 models x 300 rows was most of the stage)
             with autocast_context(next(model.parameters()).device.type, cfg.autocast, models_cfg or ModelsConfig()):
-                kl = kl_per_row(model, reference, s, max(1, min(8, cfg.batch_size)))
+                kl = kl_per_row(model, reference, gen.samples, max(1, min(8, cfg.batch_size)))
         for j, i in enumerate(batch):
-            resp = s.response_ids[j, :lengths[j]].tolist()
-            row = {"response": decode_response(resp, tokenizer, stops), "response_tokens": len(resp),
-                   "stopped": bool(resp) and resp[-1] in stops, "prompt_truncated": len(ids[i]) < len(full[i])}
+            row = {"response": gen.texts[j], "response_tokens": gen.lengths[j], "stopped": gen.stopped[j],
+                   "prompt_truncated": len(ids[i]) < len(full[i])}
             if kl is not None:
                 row["kl_to_sft"], row["kl_to_sft_seq"] = kl[0][j], kl[1][j]
             rows[i] = row

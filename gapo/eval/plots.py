@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from gapo.errors import DataError
+from gapo.train.round_metrics import DYNAMICS_COLUMNS
 
-ADVERSARIAL_COLUMNS = ("round", "rm_acc_fakes", "rm_auc", "fool_rate", "mean_reward", "kl", "entropy",
-                       "verifier_pass_rate", "hack_gap")
+ADVERSARIAL_COLUMNS = DYNAMICS_COLUMNS  # the dvc.yaml plots of the rounds draw the same columns
 LOSS_COLUMNS = ("step", "loss")
 PAIRED_FIGURE = "paired_vs_sft.png"
 PAIRED_METRICS = (("prompt_level_strict_acc", "prompt\nstrict"), ("prompt_level_loose_acc", "prompt\nloose"),

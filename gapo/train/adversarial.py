@@ -24,17 +24,19 @@ list) and plots/adversarial.csv (one row per round) after every round, so `--rou
 round) keep both files current. At the end, checkpoints/final/{policy,reward}.
 
 `method: ppo` runs the same rounds without (a)–(c): PPO against the fixed warm-up RM, the paper's PPO baseline.
+
+`run_round` composes the steps; the pieces live in their own modules: sampling and decoding in gapo.train.rollout,
+the PPO phase (episodes, seeds) in gapo.train.ppo.run_ppo_phase, prompt slices, fingerprints, RNG state and
+round.json in gapo.train.round_state, the health metrics, round columns and output files in
+gapo.train.round_metrics.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import math
 import random
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -42,27 +44,52 @@ from typing import Any, Optional, Sequence
 from gapo.config import ConfigError, Params
 from gapo.paths import Workspace
 from gapo.runtime import bars_off
-
-ROUND_FILE = "round.json"
-HEADLINE = ("rm_auc", "fool_rate", "mean_reward", "kl", "verifier_pass_rate", "hack_gap")
-BASELINE_FILE = "baseline.json"
-CSV_COLUMNS = ("round", "rm_acc_fakes", "rm_auc", "fool_rate", "mean_reward", "kl", "entropy", "verifier_pass_rate",
-               "hack_gap", "verifier_pass_rate_greedy", "rm_verifier_auc", "rm_acc", "rm_pp_acc", "rm_prob_fakes",
-               "rm_prob_positives", "response_length", "rollout_reward", "rollout_pass_rate", "fakes_pass_rate",
-               "policy_loss", "value_loss", "rm_loss", "n_fakes_in_rm_set", "rollout_rm_verifier_auc", "ratio_dev_first",
-               "rollout_stopped", "eos_rate", "seconds")
+from gapo.train.round_metrics import (HEADLINE, PhaseClock, health_metrics, ppo_phase_record, ppo_timings,
+                                      write_outputs)
+from gapo.train.round_state import (BASELINE_FILE, ROUND_FILE, completed_rounds, fingerprint, load_rng, prompt_slice,
+                                    read_round, rng_file, save_rng, write_round_file)
 
 
-# ============================================================================================ data for a round
-def prompt_slice(rows: Sequence[dict], k: int, n: int, seed: int, stream: str) -> list[dict]:
-    """Round k's `n` prompts from a seeded permutation of `rows` (one permutation per `stream`): consecutive rounds
-    take consecutive, disjoint slices ("fresh" prompts), wrapping around only when the set is exhausted."""
-    order = list(range(len(rows)))
-    random.Random(f"{seed}/{stream}").shuffle(order)
-    start = (k - 1) * n
-    return [rows[order[(start + i) % len(order)]] for i in range(min(n, len(order)))]
+# ============================================================================================ (a) fakes
+def gather_rows(rows: list[dict]) -> list[dict]:
+    """Concatenate every rank's rows in rank order (identity in one process)."""
+    from gapo.train import engine as E
+
+    if E.world_size() == 1:
+        return rows
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * E.world_size()
+    dist.all_gather_object(parts, rows)
+    return [r for part in parts for r in part]
 
 
+def generate_fakes(actor, tokenizer, rows: Sequence[dict], params: Params, k: int) -> list[dict]:
+    """The generator's responses to `rows` as RM rows (label 0) with the verifier's verdict (`passed`). Sampled like
+    the PPO rollouts by default (`adversarial.fake_sampling`), so the RM sees the distribution PPO is optimising."""
+    from gapo.train.ppo import verifier_verdicts
+    from gapo.train.rollout import sample_in_batches
+
+    greedy = params.adversarial.fake_sampling == "greedy"
+    out = []
+    for chunk, gen in sample_in_batches(actor, rows, tokenizer, params, desc=f"round {k} fakes", greedy=greedy):
+        for r, text, passed in zip(chunk, gen.texts, verifier_verdicts(chunk, gen.texts)):
+            out.append({"key": r.get("key"), "prompt": r["prompt"], "response": text, "label": 0, "passed": passed,
+                        "instruction_id_list": r.get("instruction_id_list"), "kwargs": r.get("kwargs"), "round": k})
+    return out
+
+
+def sample_fakes(players: Players, params: Params, k: int) -> list[dict]:
+    """(a) the current generator answers round k's fresh training prompts (every rank its share; all rows
+    gathered on every rank)."""
+    from gapo.train.ppo import rank_share, rollout_policy
+
+    prompts = prompt_slice(players.train_prompts, k, params.adversarial.prompts_per_round, params.seed, "fakes")
+    decoder = rollout_policy(players.ppo, params)  # bf16 copy of the current generator (the actor itself without autocast)
+    return gather_rows(generate_fakes(decoder, players.ppo.tokenizer, rank_share(prompts), params, k))
+
+
+# ============================================================================================ (b) RM set, (c) RM update
 def build_rm_round_set(pref_rows: Sequence[dict], fakes: Sequence[dict], fake_ratio: float, n_pairs_if_no_fakes: int,
                        seed: int, fake_labels: str = "gan") -> list[dict]:
     """The RM training set of one round.
@@ -104,253 +131,102 @@ def build_rm_round_set(pref_rows: Sequence[dict], fakes: Sequence[dict], fake_ra
     return out
 
 
-def gather_rows(rows: list[dict]) -> list[dict]:
-    """Concatenate every rank's rows in rank order (identity in one process)."""
-    from gapo.train import engine as E
-
-    if E.world_size() == 1:
-        return rows
-    import torch.distributed as dist
-
-    parts: list[Any] = [None] * E.world_size()
-    dist.all_gather_object(parts, rows)
-    return [r for part in parts for r in part]
+def rm_round_set(players: Players, fakes: list[dict], params: Params, k: int) -> list[dict]:
+    """(b) every sample joins the RM set next to the reference answer for its prompt; labelled 0 (the paper) or by
+    the verifier (`adversarial.fake_labels`, docs/method.md §9.4)."""
+    adv = params.adversarial
+    return build_rm_round_set(players.pref_rows, fakes if adv.fake_ratio > 0 else [], adv.fake_ratio,
+                              adv.prompts_per_round, seed=params.seed + k, fake_labels=adv.fake_labels)
 
 
-def generate_fakes(actor, tokenizer, rows: Sequence[dict], params: Params, k: int) -> list[dict]:
-    """(a) the generator's responses to `rows` as RM rows (label 0). Sampled like the PPO rollouts by default
-    (`adversarial.fake_sampling`), so the RM sees the distribution PPO is optimising."""
-    from tqdm import tqdm
+def update_discriminator(players: Players, rm_set: list[dict], fakes: list[dict], params: Params, k: int) -> dict:
+    """(c) the RM learns to tell this round's samples from real answers, continuing from round k−1 (weights and
+    optimizer state). Returns the round record's RM columns."""
+    from gapo.train.reward import train_reward_model
 
-    from gapo.models.prompting import decode_response, pad_token_id, stop_token_ids
-    from gapo.train import engine as E
-    from gapo.train.ppo import decode_threads, encode_prompts, verifier_verdicts
-    from gapo.train.sampler import sample
-
-    ppo = params.ppo
-    stops, pad = stop_token_ids(tokenizer), pad_token_id(tokenizer)
-    greedy = params.adversarial.fake_sampling == "greedy"
-    out = []
-    for s in tqdm(range(0, len(rows), ppo.micro_rollout_batch_size), desc=f"round {k} fakes",
-                  disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False):
-        chunk = rows[s:s + ppo.micro_rollout_batch_size]
-        with decode_threads(params.runtime.decode_threads):
-            res = sample(actor, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
-                         pad, greedy=greedy, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k,
-                         sync_ranks=True)
-        texts = [decode_response(ids, tokenizer, stops) for ids in res.response_ids.tolist()]
-        for r, text, passed in zip(chunk, texts, verifier_verdicts(chunk, texts)):
-            out.append({"key": r.get("key"), "prompt": r["prompt"], "response": text, "label": 0, "passed": passed,
-                        "instruction_id_list": r.get("instruction_id_list"), "kwargs": r.get("kwargs"), "round": k})
-    return out
+    m = players.ppo
+    _, curve = train_reward_model(m.reward, m.reward_tokenizer, rm_set, params,
+                                  epochs=params.adversarial.rm_epochs_per_round, desc=f"round {k} rm",
+                                  seed=params.seed + 31 * k)
+    checked = [f["passed"] for f in fakes if f.get("passed") is not None]
+    return dict(rm_loss=sum(c[1] for c in curve) / len(curve), rm_steps=len(curve),
+                fakes_pass_rate=sum(checked) / len(checked) if checked else float("nan"),
+                n_fakes_in_rm_set=sum(r.get("source") == "generator" for r in rm_set), rm_set_size=len(rm_set))
 
 
-# ============================================================================================ health metrics
+# ============================================================================================ health
+def drift_from_reference(module, ref, samples, params: Params) -> tuple[list[float], list[float]]:
+    """Per sampled response: mean per-token k1 KL of `module` to `ref` and mean entropy (nats/token)."""
+    import torch
+
+    from gapo.train import losses as L
+    from gapo.train.ppo import forward_autocast, response_log_probs
+
+    device = next(module.parameters()).device
+    seq, attn = samples.sequences.to(device), samples.attention_mask.to(device)
+    mask = samples.action_mask.to(device).float()
+    n = mask.size(1)
+    with torch.no_grad():
+        was = module.training
+        module.eval()
+        with forward_autocast(params, device):
+            logp, ent = response_log_probs(module, seq, attn, n, with_entropy=True)
+            ref_logp = logp if ref is None else response_log_probs(ref, seq, attn, n)[0]
+        module.train(was)
+    kl = L.masked_mean(L.compute_approx_kl(logp, ref_logp, mask, "k1"), mask, dim=-1).tolist()
+    return kl, L.masked_mean(ent, mask, dim=-1).tolist()
+
+
+def health_seed(seed: int, k: int) -> int:
+    """The sampling seed of round k's health samples: the same samples whether round k ran in this process or
+    is re-measured later (baseline_health)."""
+    return seed + 7919 * (k + 1)
+
+
 def adversarial_health(actor, ref, reward, tokenizer, reward_tokenizer, eval_rows: Sequence[dict],
                        positives: Sequence[dict], pp_rows: Sequence[dict], params: Params, seed: int,
                        decoder=None) -> dict:
-    """The per-round health of the game, on fresh samples of `actor` for held-out prompts.
+    """The per-round health of the game (gapo.train.round_metrics.health_metrics) on fresh samples of `actor` for
+    held-out prompts, against held-out positives and preferential-prompt pairs (`pp_rows`).
 
-    rm_acc_fakes: share of fakes the RM rejects (p < 0.5); fool_rate = 1 − rm_acc_fakes; rm_acc / rm_auc: fakes
-    vs held-out positives; rm_pp_acc: the RM on held-out preferential-prompt pairs (does it still read the
-    constraints, or only "generated vs human"?); mean_reward: the PPO reward (reward.score) of the fakes; kl:
-    mean per-token k1 KL of the actor to the reference on its samples (nats/token); entropy: nats/token;
-    verifier_pass_rate: IFEval strict on the samples; hack_gap = mean RM probability − verifier pass rate
-    (> 0: the RM pays for responses the verifier rejects).
     The sampling generator is seeded here, so the measurement never perturbs the training RNG stream. `decoder`
     (default: the actor) is the module that samples: the bf16 rollout copy when autocast is on.
     """
     import torch
-    from tqdm import tqdm
 
-    from gapo.models.prompting import decode_response, pad_token_id, stop_token_ids
-    from gapo.train import engine as E
-    from gapo.train import losses as L
-    from gapo.train.ppo import decode_threads, encode_prompts, forward_autocast, response_log_probs, verifier_verdicts
-    from gapo.train.reward import evaluate_reward_model, rm_logits, roc_auc
-    from gapo.train.sampler import sample
+    from gapo.train.ppo import verifier_verdicts
+    from gapo.train.reward import evaluate_reward_model, rm_logits
+    from gapo.train.rollout import sample_in_batches
 
     if not eval_rows:
         return {}
-    ppo = params.ppo
-    stops, pad = stop_token_ids(tokenizer), pad_token_id(tokenizer)
     module = getattr(actor, "module", actor)
     decoder = module if decoder is None else decoder
-    device = next(module.parameters()).device
-    gen = torch.Generator(device=device)
+    gen = torch.Generator(device=next(module.parameters()).device)
     gen.manual_seed(seed)
-    texts, kls, ents, lengths, eos = [], [], [], [], []
-    for s in tqdm(range(0, len(eval_rows), ppo.micro_rollout_batch_size), desc="health samples",
-                  disable=bars_off(E.is_main()), dynamic_ncols=True, leave=False):
-        chunk = eval_rows[s:s + ppo.micro_rollout_batch_size]
-        with decode_threads(params.runtime.decode_threads):
-            res = sample(decoder, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
-                         pad, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, generator=gen,
-                         sync_ranks=True)
-        seq, attn = res.sequences.to(device), res.attention_mask.to(device)
-        mask = res.action_mask.to(device).float()
-        n = mask.size(1)
-        with torch.no_grad():
-            was = module.training
-            module.eval()
-            with forward_autocast(params, device):
-                logp, ent = response_log_probs(module, seq, attn, n, with_entropy=True)
-                ref_logp = logp if ref is None else response_log_probs(ref, seq, attn, n)[0]
-            module.train(was)
-        kls += L.masked_mean(L.compute_approx_kl(logp, ref_logp, mask, "k1"), mask, dim=-1).tolist()
-        ents += L.masked_mean(ent, mask, dim=-1).tolist()
-        lengths += mask.sum(-1).tolist()
-        ids = res.response_ids.tolist()
-        eos += [any(t in stops for t in row) for row in ids]
-        texts += [decode_response(row, tokenizer, stops) for row in ids]
+    texts, kls, ents, lengths, stopped = [], [], [], [], []
+    for _, g in sample_in_batches(decoder, eval_rows, tokenizer, params, desc="health samples", generator=gen):
+        kl, ent = drift_from_reference(module, ref, g.samples, params)
+        kls += kl
+        ents += ent
+        lengths += g.lengths
+        stopped += g.stopped
+        texts += g.texts
     # Greedy answers to the same prompts: a paired, sampling-noise-free view of the pass rate (what `evaluate`
     # measures); the sampled one above is what PPO and the RM see.
-    greedy_texts = []
-    for s in range(0, len(eval_rows), ppo.micro_rollout_batch_size):
-        chunk = eval_rows[s:s + ppo.micro_rollout_batch_size]
-        with decode_threads(params.runtime.decode_threads):
-            res = sample(decoder, encode_prompts(chunk, tokenizer, ppo.prompt_max_len), ppo.generate_max_len, stops,
-                         pad, greedy=True, sync_ranks=True)
-        greedy_texts += [decode_response(row, tokenizer, stops) for row in res.response_ids.tolist()]
-    greedy_verdicts = [v for v in verifier_verdicts(eval_rows, greedy_texts) if v is not None]
+    greedy_texts = [t for _, g in sample_in_batches(decoder, eval_rows, tokenizer, params, desc="health greedy",
+                                                     greedy=True, bar=False) for t in g.texts]
+    greedy_verdicts = verifier_verdicts(eval_rows, greedy_texts)
     fake_logits = rm_logits(reward, reward_tokenizer, [r["prompt"] for r in eval_rows], texts,
                             params.reward.max_length)
     pos_logits = rm_logits(reward, reward_tokenizer, [r["prompt"] for r in positives],
                            [r["response"] for r in positives], params.reward.max_length)
-    fake_p, pos_p = fake_logits.sigmoid(), pos_logits.sigmoid()
-    all_verdicts = verifier_verdicts(eval_rows, texts)
-    verdicts = [v for v in all_verdicts if v is not None]
-    pass_rate = sum(verdicts) / len(verdicts) if verdicts else float("nan")
-    # Does the RM pay for what the verifier checks? AUC of the RM score at telling passing from failing samples
-    # (0.5: the discriminator ignores constraint satisfaction; NaN when every sample passes or every one fails).
-    checked = [(float(x), float(v)) for x, v in zip(fake_logits.tolist(), all_verdicts) if v is not None]
-    rm_verifier_auc = roc_auc([c[0] for c in checked], [c[1] for c in checked]) if checked else float("nan")
-    rm_acc_fakes = float((fake_p < 0.5).float().mean())
-    scores = torch.cat([pos_logits, fake_logits]).tolist()
-    labels = [1.0] * len(pos_logits) + [0.0] * len(fake_logits)
-    correct = (pos_p >= 0.5).float().sum() + (fake_p < 0.5).float().sum()
+    verdicts = verifier_verdicts(eval_rows, texts)
     pp = evaluate_reward_model(reward, reward_tokenizer, pp_rows, params) if pp_rows else {}
-    reward_values = fake_p if params.reward.score == "prob" else fake_logits
-    out = {
-        "rm_acc_fakes": rm_acc_fakes, "fool_rate": 1.0 - rm_acc_fakes,
-        "rm_acc": float(correct) / len(labels), "rm_auc": roc_auc(scores, labels),
-        "rm_pp_acc": pp.get("accuracy", float("nan")), "rm_pp_auc": pp.get("auc", float("nan")),
-        "rm_prob_fakes": float(fake_p.mean()), "rm_prob_positives": float(pos_p.mean()) if len(pos_p) else float("nan"),
-        "mean_reward": float(reward_values.mean()),
-        "kl": sum(kls) / len(kls), "entropy": sum(ents) / len(ents),
-        "verifier_pass_rate": pass_rate, "hack_gap": float(fake_p.mean()) - pass_rate,
-        "rm_verifier_auc": rm_verifier_auc,
-        "verifier_pass_rate_greedy": sum(greedy_verdicts) / len(greedy_verdicts) if greedy_verdicts else float("nan"),
-        "response_length": sum(lengths) / len(lengths), "eos_rate": sum(eos) / len(eos),
-        "n_eval": len(eval_rows),
-    }
+    out = health_metrics(fake_logits, pos_logits, verdicts, greedy_verdicts, kls, ents, lengths, stopped, pp,
+                         params.reward.score)
     out["example"] = {"prompt": eval_rows[0]["prompt"][-300:], "response": texts[0][:600]}
     return out
-
-
-# ============================================================================================ checkpoints
-def _md5(path: Path) -> str:
-    if not path.exists():  # a missing input is the user's to fix: one line, not a traceback
-        from gapo.errors import DataError
-
-        raise DataError(f"{path}: not found (run `gapo prepare`, `gapo sft` and `gapo rm_warmup` first)")
-    h = hashlib.md5()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if f.suffix in (".safetensors", ".jsonl", ".json") or path.is_file():
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
-
-
-# The code a round's result depends on (the modules this stage runs; sft.py and baselines.py only reach it through
-# checkpoints, which are hashed as inputs). DVC reruns the stage when its code deps change and `persist: true`
-# keeps the old rounds, so without this a fix to e.g. the PPO loss would resume rounds trained by the old code.
-CODE_DEPS = ("gapo/train/adversarial.py", "gapo/train/ppo.py", "gapo/train/losses.py", "gapo/train/reward.py",
-             "gapo/train/engine.py", "gapo/train/sampler.py", "gapo/models", "gapo/data/constraints.py",
-             "gapo/data/catalog.py", "gapo/data/ifeval_checkers.py")
-
-
-def code_digest(root: Optional[Path] = None) -> str:
-    """md5 over the .py files of CODE_DEPS (path + content, sorted), relative to the repository root."""
-    root = root or Path(__file__).resolve().parents[2]
-    h = hashlib.md5()
-    for dep in CODE_DEPS:
-        base = root / dep
-        files = sorted(base.rglob("*.py")) if base.is_dir() else [base]
-        for f in files:
-            if f.is_file():
-                h.update(str(f.relative_to(root)).encode())
-                h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def fingerprint(params: Params, ws: Workspace) -> str:
-    """What a completed round depends on: every knob that changes training (all but `adversarial.rounds`, so adding
-    rounds resumes), the inputs' content and the code. A round with another fingerprint is stale and is redone."""
-    adv = params.adversarial.model_dump(mode="json")
-    adv.pop("rounds")
-    ds = params.deepspeed.model_dump(mode="json")
-    for k in ("launcher", "hostfile", "master_port"):
-        ds.pop(k)
-    from gapo.train import engine as E
-
-    tree = {"seed": params.seed, "method": params.method, "ppo": params.ppo.model_dump(mode="json"), "adversarial": adv,
-            "reward": params.reward.model_dump(mode="json"), "deepspeed": ds, "world": E.world_size(),
-            "models": {**{k: getattr(params.models, k) for k in ("dtype", "critic_init", "gradient_checkpointing",
-                                                                  "reward_autocast")},
-                       "lora": params.models.lora.model_dump(mode="json")},
-            "code": code_digest(),
-            "inputs": {name: _md5(p) for name, p in (("sft", ws.sft), ("rm_warmup", ws.rm_warmup),
-                                                     ("ifeval_train", ws.jsonl("ifeval", "train")),
-                                                     ("rm_train", ws.jsonl("rm", "train")))}}
-    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def read_round(ws: Workspace, k: int, fp: str) -> Optional[dict]:
-    f = ws.round_dir(k) / ROUND_FILE
-    if not f.is_file():
-        return None
-    info = json.loads(f.read_text(encoding="utf-8"))
-    return info if info.get("fingerprint") == fp else None
-
-
-def completed_rounds(ws: Workspace, fp: str) -> int:
-    """Length of the run of complete, current rounds 1..j (a stale or partial round ends it)."""
-    k = 0
-    while read_round(ws, k + 1, fp) is not None:
-        k += 1
-    return k
-
-
-def save_rng(path: Path) -> None:
-    import numpy as np
-    import torch
-
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(state, path)
-
-
-def load_rng(path: Path) -> None:
-    import numpy as np
-    import torch
-
-    state = torch.load(path, weights_only=False)  # our own file, written by save_rng
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def rng_file(rd: Path) -> Path:
-    from gapo.train import engine as E
-
-    return rd / ("rng.pt" if E.rank() == 0 else f"rng.rank{E.rank()}.pt")
 
 
 # ============================================================================================ the players
@@ -443,7 +319,7 @@ def baseline_health(params: Params, ws: Workspace, policy_dir: Optional[Path] = 
     return adversarial_health(policy, ref, rm, tok, rm_tok, read_jsonl(val_ifeval)[:n],
                               [r for r in val_rows if int(r["label"]) == 1][:n],
                               load_rm_rows(val_rm, limit=n, seed=params.seed) if val_rm.is_file() else [],
-                              params, seed=params.seed + 7919 * (k + 1), decoder=decoder)
+                              params, seed=health_seed(params.seed, k), decoder=decoder)
 
 
 def health_of(players: Players, params: Params, k: int) -> dict:
@@ -451,76 +327,36 @@ def health_of(players: Players, params: Params, k: int) -> dict:
     from gapo.train.ppo import rollout_policy
 
     return adversarial_health(m.actor, m.ref, m.reward, m.tokenizer, m.reward_tokenizer, players.eval_prompts,
-                              players.eval_positives, players.eval_pp, params, seed=params.seed + 7919 * (k + 1),
+                              players.eval_positives, players.eval_pp, params, seed=health_seed(params.seed, k),
                               decoder=rollout_policy(m, params))
 
 
 # ============================================================================================ one round
 def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) -> dict:
-    """Round k of the game: (a) fakes, (b) RM set, (c) RM step, (d) PPO step, (e) checkpoint."""
-    from gapo.train import engine as E
-    from gapo.train.ppo import Where, ppo_iteration, rank_share, rollout_policy
-    from gapo.train.reward import train_reward_model
+    """Round k of the game: (a) sample fakes, checked by the verifier; (b) the RM set; (c) RM update; (d) PPO,
+    experience then update per episode; health on held-out prompts; (e) checkpoint, round.json last."""
+    from gapo.train.ppo import run_ppo_phase
 
-    adv, m = params.adversarial, players.ppo
-    t0 = time.perf_counter()
+    clock = PhaseClock()  # seconds per phase -> record["timing/<phase>_s"] (docs/benchmarks.md)
     record: dict[str, Any] = {"round": k}
-    clock: dict[str, float] = {}  # seconds per phase -> record["timing/<phase>_s"] (docs/benchmarks.md)
-    if params.method == "gapo":
-        # (a) the current generator answers fresh training prompts
-        fake_prompts = prompt_slice(players.train_prompts, k, adv.prompts_per_round, params.seed, "fakes")
-        decoder = rollout_policy(m, params)  # bf16 copy of the current generator (the actor itself without autocast)
-        fakes = gather_rows(generate_fakes(decoder, m.tokenizer, rank_share(fake_prompts), params, k))
-        # (b) every sample joins the RM set, next to the reference answer for its prompt; labelled 0 (the paper)
-        # or by the verifier (adversarial.fake_labels, docs/method.md §9.4)
-        rm_set = build_rm_round_set(players.pref_rows, fakes if adv.fake_ratio > 0 else [], adv.fake_ratio,
-                                    adv.prompts_per_round, seed=params.seed + k, fake_labels=adv.fake_labels)
-        clock["fakes"] = time.perf_counter() - t0
-        # (c) the discriminator learns to tell this round's samples from real answers, continuing from k−1
-        _, curve = train_reward_model(m.reward, m.reward_tokenizer, rm_set, params, epochs=adv.rm_epochs_per_round,
-                                      desc=f"round {k} rm", seed=params.seed + 31 * k)
-        checked = [f["passed"] for f in fakes if f.get("passed") is not None]
-        record.update(rm_loss=sum(c[1] for c in curve) / len(curve), rm_steps=len(curve),
-                      fakes_pass_rate=sum(checked) / len(checked) if checked else float("nan"),
-                      n_fakes_in_rm_set=sum(r.get("source") == "generator" for r in rm_set), rm_set_size=len(rm_set))
-        clock["rm_retrain"] = time.perf_counter() - t0 - clock["fakes"]
-    # (d) the generator is optimised by PPO against the updated discriminator
-    where = Where(round=k, step=0)
-    ppo_stats = []
-    n = params.ppo.rollout_batch_size
-    episode_prompts = prompt_slice(players.train_prompts, k, n * params.ppo.episodes_per_round, params.seed, "ppo")
-    for e in range(params.ppo.episodes_per_round):
-        rows = rank_share(episode_prompts[e * n:(e + 1) * n])
-        ppo_stats.append(ppo_iteration(m, rows, params, where, seed=params.seed + 1009 * k + e))
-    last = ppo_stats[-1]
-    record.update(rollout_reward=sum(s["reward"] for s in ppo_stats) / len(ppo_stats),
-                  rollout_rm_verifier_auc=_nanmean([s["rm_verifier_auc"] for s in ppo_stats]),
-                  ratio_dev_first=max(s["ratio_dev_first"] for s in ppo_stats),
-                  rollout_pass_rate=sum(s["pass_rate"] for s in ppo_stats) / len(ppo_stats),
-                  rollout_stopped=sum(s["stopped"] for s in ppo_stats) / len(ppo_stats),
-                  rollout_kl=last["kl"], policy_loss=last["policy_loss"], value_loss=last["value_loss"],
-                  clipfrac=last["clipfrac"], kl_coef=last["kl_coef"], ppo_steps=where.step, ppo=ppo_stats)
-    for phase, key in (("rollout", "timing/rollout_s"), ("ppo_forward", "timing/forward_s"),
-                       ("reward", "timing/reward_s"), ("ppo_update", "train_s")):
-        clock[phase] = sum(s.get(key, 0.0) for s in ppo_stats)
-    t_eval = time.perf_counter()
-    # health of the game after this round (fresh samples, held-out prompts)
-    record.update(health_of(players, params, k))
-    clock["eval"] = time.perf_counter() - t_eval
-    record["seconds"] = round(time.perf_counter() - t0, 1)
-    record.update({f"timing/{p}_s": round(v, 3) for p, v in clock.items()})
-    # (e) checkpoint; round.json is written last and marks the round complete
+    if params.method == "gapo":  # method ppo: the same rounds against the fixed warm-up RM
+        with clock.phase("fakes"):
+            fakes = sample_fakes(players, params, k)
+            rm_set = rm_round_set(players, fakes, params, k)
+        with clock.phase("rm_retrain"):
+            record.update(update_discriminator(players, rm_set, fakes, params, k))
+    ppo_stats, ppo_steps = run_ppo_phase(players.ppo, players.train_prompts, params, k)
+    record.update(ppo_phase_record(ppo_stats, ppo_steps))
+    clock.add(ppo_timings(ppo_stats))
+    with clock.phase("eval"):
+        record.update(health_of(players, params, k))
+    record["seconds"] = round(clock.elapsed(), 1)
+    record.update(clock.timings())
     save_round(players, ws, k, fp, record)
     return record
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else float("nan")
-
-
 def save_round(players: Players, ws: Workspace, k: int, fp: str, record: dict) -> None:
-    from gapo.io import write_json
     from gapo.models.critic import save_critic
     from gapo.train import engine as E
 
@@ -539,8 +375,7 @@ def save_round(players: Players, ws: Workspace, k: int, fp: str, record: dict) -
     save_rng(rng_file(rd))
     E.barrier()
     if E.is_main():
-        write_json(rd / ROUND_FILE, {**record, "fingerprint": fp, "kl_ctl": m.kl_ctl.state_dict(),
-                                     "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_round_file(rd, record, fp, m.kl_ctl.state_dict())
         # Only the last complete round is ever resumed: drop the optimizer states of the one before (3 models'
         # Adam moments per round would otherwise pile up in DVC's cache).
         prev = ws.round_dir(k - 1) / "state"
@@ -550,49 +385,6 @@ def save_round(players: Players, ws: Workspace, k: int, fp: str, record: dict) -
 
 
 # ============================================================================================ outputs
-def _nan_to_none(obj: Any) -> Any:
-    """NaN (an undefined AUC, a pass rate without checkable prompts) is not valid JSON: write null."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return obj
-
-
-def _flat(record: dict) -> dict:
-    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def write_outputs(ws: Workspace, baseline: dict, rounds: list[dict], total_rounds: int) -> dict:
-    """metrics/adversarial.json (the last round's numbers at the top level, SFT→last deltas, the per-round list)
-    and plots/adversarial.csv (round 0 = SFT policy + warm-up RM, then one row per completed round)."""
-    from gapo.io import atomic_file, write_json
-
-    per_round = [_flat(baseline)] + [_flat(r) for r in rounds]
-    last = per_round[-1]
-    first_pass, last_pass = per_round[0].get("verifier_pass_rate"), last.get("verifier_pass_rate")
-    metrics = {**last, "rounds_completed": len(rounds), "rounds": total_rounds,
-               "pass_rate_sft": first_pass, "pass_rate_last": last_pass,
-               "pass_rate_delta": (last_pass - first_pass) if first_pass is not None and last_pass is not None else None,
-               "per_round": per_round}
-    metrics = _nan_to_none(metrics)
-    write_json(ws.metrics_file("adversarial"), metrics)
-    ws.plots.mkdir(parents=True, exist_ok=True)
-
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        return str(int(v)) if isinstance(v, int) else f"{v:.6g}"
-
-    with atomic_file(ws.plots / "adversarial.csv") as fh:
-        fh.write(",".join(CSV_COLUMNS) + "\n")
-        for r in per_round:
-            fh.write(",".join(cell(r.get(c)) for c in CSV_COLUMNS) + "\n")
-    return metrics
-
-
 def write_final(ws: Workspace, source_policy: Path, source_reward: Path, info: dict) -> None:
     from gapo.io import atomic_dir, write_json
 

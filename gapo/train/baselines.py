@@ -476,8 +476,7 @@ def train_ppo_decoder(params: Params, ws: Workspace, out_policy: Path, out_rm: P
     from gapo.io import read_jsonl
     from gapo.models.critic import build_critic
     from gapo.train import engine as E
-    from gapo.train.adversarial import prompt_slice
-    from gapo.train.ppo import Where, build_ppo_models, ppo_iteration, rank_share
+    from gapo.train.ppo import build_ppo_models, run_ppo_phase
 
     E.init_distributed()
     t0 = time.perf_counter()
@@ -493,13 +492,9 @@ def train_ppo_decoder(params: Params, ws: Workspace, out_policy: Path, out_rm: P
     critic = build_critic(params, ws.sft, ws.rm_warmup, tok_policy) if params.ppo.advantage_estimator == "gae" else None
     models = build_ppo_models(params, ws.sft, ws.sft, critic, reward, rm_tok)
     prompts = read_jsonl(ws.jsonl("ifeval", "train"))
-    n, stats = params.ppo.rollout_batch_size, []
+    stats: list[dict] = []
     for k in range(1, max(1, params.adversarial.rounds) + 1):
-        where = Where(round=k, step=0)
-        episode = prompt_slice(prompts, k, n * params.ppo.episodes_per_round, params.seed, "ppo")
-        for e in range(params.ppo.episodes_per_round):
-            stats.append(ppo_iteration(models, rank_share(episode[e * n:(e + 1) * n]), params, where,
-                                       seed=params.seed + 1009 * k + e))
+        stats += run_ppo_phase(models, prompts, params, k)[0]
     E.save_hf(models.actor, models.tokenizer, out_policy)
     curve = rm_metrics.pop("rm_curve")
     return {"method": "ppo", "paradigm": params.paradigm, "train_pairs": len(pairs), **rm_metrics,
@@ -515,7 +510,8 @@ def run_baseline(params: Params, ws: Workspace) -> dict:
     from gapo import runtime
     from gapo.io import atomic_dir, write_json
     from gapo.train import engine as E
-    from gapo.train.adversarial import baseline_health, write_outputs
+    from gapo.train.adversarial import baseline_health
+    from gapo.train.round_metrics import write_outputs
 
     if not is_baseline(params):
         raise ConfigError(f"method {params.method!r}: not a baseline of gapo.train.baselines")

@@ -1,10 +1,11 @@
 """PPO of the generator against the encoder reward model, with OpenRLHF's semantics (arXiv 2503.20194).
 
-This module owns one PPO *iteration* and the pieces it is made of; gapo.train.adversarial composes them into
-the GAPO rounds. One iteration on a batch of prompts:
+This module owns one PPO *iteration* and the pieces it is made of, and a round's PPO phase (`run_ppo_phase`:
+the episodes and their seeds, shared by gapo.train.adversarial's rounds and the PPO baseline of
+gapo.train.baselines). One iteration on a batch of prompts:
 
-1. `make_experience`: sample responses with the batched KV-cached sampler (gapo.train.sampler; from a bf16 copy
-   of the policy when `ppo.autocast` is on), then for every response token the actor's log-prob (π_old), the
+1. `make_experience`: sample and decode responses (gapo.train.rollout over the batched KV-cached sampler; from a
+   bf16 copy of the policy when `ppo.autocast` is on), then for every response token the actor's log-prob (π_old), the
    frozen reference's log-prob (π_ref; with LoRA the same base, adapter off) and the critic's value (GAE only);
    the reward of a response is the RM's score of the DECODED text re-tokenised with the RM's own tokenizer
    (never the policy's ids: a bug of the released code), as a sigmoid probability or a raw logit
@@ -26,7 +27,6 @@ process or under torchrun/deepspeed: the multi-process smoke test and a quick wa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import math
 import random
@@ -44,6 +44,7 @@ from gapo.train.guards import inject_nan
 from gapo.train.losses import (build_kl_controller, compute_approx_kl, compute_reward, entropy_from_logits,
                                get_advantages_and_returns, log_probs_from_logits, masked_mean, masked_whiten,
                                penalize_missing_eos, policy_loss, value_loss)
+from gapo.train.rollout import sample_rows
 
 
 # ------------------------------------------------------------------------------------------ containers
@@ -105,21 +106,6 @@ def check_finite(x: torch.Tensor, what: str, where: Where) -> None:
 
 def _module(model):
     return getattr(model, "module", model)
-
-
-@contextlib.contextmanager
-def decode_threads(n: int = 0):
-    """Run token-by-token decoding on `n` intra-op threads (`runtime.decode_threads`; 0 = leave as is). A decode
-    step of a tiny model multiplies a few rows by each weight (e.g. 16×256 by 256×1024): too small to split, so a
-    second OpenMP thread only adds a barrier per op. Measured on the 2-core box under load with the 1.6 M toy:
-    16×256×1024 linear 0.13 ms on 1 thread vs 16 ms on 2; 16 prompts × 128 tokens 3.2 s vs 72 s. SmolLM2's steps
-    are matmul-bound and use both (docs/benchmarks.md)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(min(n, prev) if n > 0 else prev)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def forward_autocast(params: Params, device: torch.device):
@@ -218,12 +204,6 @@ def response_values(critic, sequences: torch.Tensor, attention_mask: torch.Tenso
 
 
 # ------------------------------------------------------------------------------------------ experience
-def encode_prompts(rows: Sequence[dict], tokenizer, prompt_max_len: int) -> list[list[int]]:
-    from gapo.models.prompting import encode_prompt
-
-    return [encode_prompt(r["prompt"], tokenizer, prompt_max_len) for r in rows]
-
-
 def verifier_verdicts(rows: Sequence[dict], responses: Sequence[str]) -> list[Optional[bool]]:
     """IFEval strict verdict per response (gapo.data.constraints.check_response); None for a row without
     `instruction_id_list` (a user prompt we cannot check)."""
@@ -248,14 +228,13 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
     """
     from tqdm import tqdm
 
-    from gapo.models.prompting import decode_response, pad_token_id, stop_token_ids
+    from gapo.models.prompting import pad_token_id
     from gapo.train import engine as E
     from gapo.train.reward import rm_score
-    from gapo.train.sampler import sample
 
     ppo = params.ppo
     tok = models.tokenizer
-    stops, pad = stop_token_ids(tok), pad_token_id(tok)
+    pad = pad_token_id(tok)
     device = models.device
     expanded = [r for r in rows for _ in range(ppo.n_samples_per_prompt)]
     rollouts: list[Rollout] = []
@@ -278,12 +257,10 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
     for start in bar:
         chunk = expanded[start:start + ppo.micro_rollout_batch_size]
         t0 = time.perf_counter()
-        with decode_threads(params.runtime.decode_threads):
-            s = sample(decoder, encode_prompts(chunk, tok, ppo.prompt_max_len), ppo.generate_max_len, stops, pad,
-                       greedy=False, temperature=ppo.temperature, top_p=ppo.top_p, top_k=ppo.top_k, sync_ranks=True)
+        gen = sample_rows(decoder, chunk, tok, params)
+        s, texts = gen.samples, gen.texts
         t1 = time.perf_counter()
-        # The RM reads TEXT in its own tokenizer: decode the policy's response, never pass its ids (§8 bug 5).
-        texts = [decode_response(ids, tok, stops) for ids in s.response_ids.tolist()]
+        # The RM reads TEXT in its own tokenizer: the decoded response, never the policy's ids (§8 bug 5).
         verdicts = verifier_verdicts(chunk, texts)
         if ppo.reward_source == "verifier":  # the oracle ablation: the checkers themselves, no RM
             if any(v is None for v in verdicts):
@@ -295,9 +272,8 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
         t2 = time.perf_counter()
         score = inject_nan("ppo.reward", score, round=where.round, step=where.step)  # fault-injection hook
         check_finite(score, "reward-model score", where)
-        lengths = s.action_mask.sum(dim=1).long().tolist()
-        stopped = torch.tensor([L > 0 and int(s.sequences[i, s.prompt_len + L - 1]) in stops
-                                for i, L in enumerate(lengths)], device=score.device)
+        lengths = gen.lengths
+        stopped = torch.tensor(gen.stopped, device=score.device)
         if ppo.missing_eos_penalty:
             score = penalize_missing_eos(score, stopped, ppo.missing_eos_penalty)
         fresh = []
@@ -538,6 +514,28 @@ def ppo_iteration(models: PPOModels, rows: Sequence[dict], params: Params, where
     models.kl_ctl.update(exp_stats["kl"], len(rollouts) * E.world_size())
     return {**exp_stats, **train_stats, "kl_coef": kl_coef, "experience_s": round(t_exp, 2),
             "train_s": round(time.perf_counter() - t0 - t_exp, 2)}
+
+
+def episode_seed(seed: int, k: int, e: int) -> int:
+    """The seed of episode e of round k (ppo_train's minibatch order): distinct for every (round, episode) while
+    episodes_per_round < 1009."""
+    return seed + 1009 * k + e
+
+
+def run_ppo_phase(models: PPOModels, prompts: Sequence[dict], params: Params, k: int) -> tuple[list[dict], int]:
+    """Round k's PPO: `ppo.episodes_per_round` iterations, each on the next `ppo.rollout_batch_size` prompts of
+    round k's slice of `prompts` (stream "ppo", gapo.train.round_state.prompt_slice), this rank's share of them.
+    Shared by GAPO's rounds and the PPO baseline, so both train on the same prompts with the same seeds. Returns
+    the iterations' stats and the number of optimizer steps taken."""
+    from gapo.train.round_state import prompt_slice
+
+    where = Where(round=k, step=0)
+    n = params.ppo.rollout_batch_size
+    episode_prompts = prompt_slice(prompts, k, n * params.ppo.episodes_per_round, params.seed, "ppo")
+    stats = [ppo_iteration(models, rank_share(episode_prompts[e * n:(e + 1) * n]), params, where,
+                           seed=episode_seed(params.seed, k, e))
+             for e in range(params.ppo.episodes_per_round)]
+    return stats, where.step
 
 
 # ------------------------------------------------------------------------------------------ building the models

@@ -82,15 +82,22 @@ def test_outputs_checkpoints_metrics_plots(dvc_yaml):
 
 
 def test_round_plots_use_the_columns_the_stage_writes(dvc_yaml):
-    from gapo.train.adversarial import CSV_COLUMNS
+    """dvc.yaml cannot import Python: its plots of plots/adversarial.csv must equal gapo.train.round_metrics'."""
+    from gapo.eval.plots import ADVERSARIAL_COLUMNS
+    from gapo.train.round_metrics import DYNAMICS_COLUMNS, DYNAMICS_PANELS, ROUND_COLUMNS
 
     wanted = {"rm_acc_fakes", "rm_auc", "fool_rate", "mean_reward", "kl", "entropy", "verifier_pass_rate", "hack_gap"}
-    plotted = set()
+    panels = {}
     for item in dvc_yaml["plots"]:
         (pid, spec), = item.items()
         assert spec["x"] == "round"
-        plotted |= set(spec["y"]["plots/adversarial.csv"])
-    assert plotted == wanted and wanted <= set(CSV_COLUMNS)
+        panels[pid] = tuple(spec["y"]["plots/adversarial.csv"])
+    assert panels == DYNAMICS_PANELS
+    plotted = {c for cols in panels.values() for c in cols}
+    assert plotted == wanted and wanted <= set(ROUND_COLUMNS)
+    assert set(ADVERSARIAL_COLUMNS) == set(DYNAMICS_COLUMNS) == wanted | {"round"}
+    (stage_plot,) = [p for p in dvc_yaml["stages"]["adversarial"]["plots"] if "plots/adversarial.csv" in p]
+    assert stage_plot["plots/adversarial.csv"]["y"] in ROUND_COLUMNS
 
 
 def test_dvc_parses_the_pipeline(tmp_path):

@@ -131,18 +131,20 @@ def test_changed_params_make_completed_rounds_stale(played):
 
 def test_changed_code_makes_completed_rounds_stale(played, tmp_path, monkeypatch):
     """DVC reruns the stage when its code deps change and keeps the persisted rounds: they must not be resumed."""
+    from gapo.train import round_state as RS
+
     ws, params, _ = played
-    for rel in A.CODE_DEPS:
+    for rel in RS.CODE_DEPS:
         f = tmp_path / rel if rel.endswith(".py") else tmp_path / rel / "m.py"
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text("x = 1\n")
-    before = A.code_digest(tmp_path)
+    before = RS.code_digest(tmp_path)
     (tmp_path / "gapo/train/baselines.py").write_text("y = 1\n")  # not run by this stage
-    assert A.code_digest(tmp_path) == before
+    assert RS.code_digest(tmp_path) == before
     (tmp_path / "gapo/train/ppo.py").write_text("x = 2\n")
-    assert A.code_digest(tmp_path) != before
-    monkeypatch.setattr(A, "code_digest", lambda root=None: "another version of the code")
-    assert A.completed_rounds(ws, A.fingerprint(params, ws)) == 0
+    assert RS.code_digest(tmp_path) != before
+    monkeypatch.setattr(RS, "code_digest", lambda root=None: "another version of the code")
+    assert RS.completed_rounds(ws, RS.fingerprint(params, ws)) == 0
 
 
 def test_zero_rounds_final_is_sft_and_warmup_rm(played, tmp_path):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gapo.train.adversarial import build_rm_round_set, prompt_slice, write_outputs
+from gapo.train.adversarial import build_rm_round_set
+from gapo.train.round_metrics import write_outputs
+from gapo.train.round_state import prompt_slice
 
 
 def pref_rows(n_pairs: int) -> list[dict]:

@@ -216,7 +216,7 @@ def test_two_process_torchrun_ppo_step(tiny, tmp_path):
 
 
 def test_decode_threads_sets_and_restores_the_thread_count():
-    from gapo.train.ppo import decode_threads
+    from gapo.train.rollout import decode_threads
 
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
