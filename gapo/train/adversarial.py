@@ -85,7 +85,7 @@ def sample_fakes(players: Players, params: Params, k: int) -> list[dict]:
     from gapo.train.ppo import rank_share, rollout_policy
 
     prompts = prompt_slice(players.train_prompts, k, params.adversarial.prompts_per_round, params.seed, "fakes")
-    decoder = rollout_policy(players.ppo, params)  # bf16 copy of the current generator (the actor itself without autocast)
+    decoder = rollout_policy(players.ppo, params)  # bf16 copy of the generator (the actor itself without autocast)
     return gather_rows(generate_fakes(decoder, players.ppo.tokenizer, rank_share(prompts), params, k))
 
 
