@@ -135,11 +135,9 @@ def _evaluation_section(evaluation: Mapping[str, Any] | None, role: str) -> list
     if not evaluation:
         return lines + ["**Not evaluated yet.** No metrics/evaluate.json was found for this version: its quality is "
                         "unknown. Run `gapo evaluate` (or `dvc repro evaluate`) and register again.", ""]
-    what = (f"Held-out IFEval-format prompts `{evaluation.get('input', '?')}`, model "
-            f"`{evaluation.get('model', '?')}`")
-    lines.append(what + f" ({evaluation.get('num_prompts', '?')} prompts, {evaluation.get('num_instructions', '?')} "
-                        "instructions, strict and loose as in IFEval).")
-    lines.append("")
+    prompts = (f"Held-out IFEval-format prompts `{evaluation.get('input', '?')}`, model "
+               f"`{evaluation.get('model', '?')}` ({evaluation.get('num_prompts', '?')} prompts, "
+               f"{evaluation.get('num_instructions', '?')} instructions, strict and loose as in IFEval).")
     if role == "reward_model":
         rm = [(label, evaluation.get(key)) for key, label in RM_ROWS if key in evaluation]
         if rm:
@@ -150,6 +148,7 @@ def _evaluation_section(evaluation: Mapping[str, Any] | None, role: str) -> list
             lines += ["Reward-model accuracy was not measured "
                       f"({(evaluation.get('skipped') or {}).get('rm_accuracy', 'no rm_accuracy')}).", ""]
         lines += ["The policy trained against this reward model:", ""]
+    lines += [prompts, ""]
     vs = evaluation.get("vs_sft")
     if vs:
         lines += ["Final policy against its SFT starting point, the same prompts and decoding (paired):", ""]
@@ -186,7 +185,7 @@ def _limits(role: str, base: Mapping[str, Any], evaluation: Mapping[str, Any] | 
     cell = vs.get("prompt_level_strict_acc") or {}
     if _finite(cell.get("ci95_low")) and _finite(cell.get("ci95_high")):
         if cell["ci95_low"] <= 0 <= cell["ci95_high"]:
-            lines.append(f"- The prompt-level strict gain over SFT is not distinguishable from zero on "
+            lines.append(f"- The policy's prompt-level strict gain over SFT is not distinguishable from zero on "
                          f"{vs.get('n_prompts', '?')} prompts (95% CI [{_pt(cell['ci95_low'])}, "
                          f"{_pt(cell['ci95_high'])}] pt).")
     elif evaluation is None:

@@ -76,7 +76,7 @@ def test_reward_model_card_has_rm_metrics_then_the_policy_table():
     assert md.startswith("# gapo-reward-model version 7\n") and "reward model (encoder classifier)" in md
     assert "On 200 preferential-prompt test rows:" in md and "| pair accuracy | 0.81 |" in md and "| AUC | 0.9 |" in md
     assert md.index("| AUC |") < md.index("The policy trained against this reward model:") < md.index(
-        "| prompt-level strict | 31.0%")
+        "Held-out IFEval-format prompts") < md.index("| prompt-level strict | 31.0%")
     assert "not calibrated" in md and "`prompt` and `response` columns" in md
 
 
