@@ -17,8 +17,9 @@ import json
 import math
 import struct
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from gapo.redaction import redact_text
 

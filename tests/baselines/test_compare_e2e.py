@@ -87,11 +87,21 @@ def _grid_experiments(root: Path) -> dict[str, str]:
     return {ref.rsplit("/", 1)[1]: sha for sha, ref in refs if ref.rsplit("/", 1)[1].startswith("cmp-")}
 
 
+def _queue_status_names(root: Path, env: dict) -> list[str]:
+    out = subprocess.run(["dvc", "queue", "status"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    return [line.split()[1] for line in out.stdout.splitlines() if line.split()[1:2] and line.split()[1].startswith("cmp-")]
+
+
 @pytest.mark.slow
-def test_compare_rerun_reuses_the_finished_experiment(scratch):
-    """A grid stopped after its first experiment, then run again: the finished point is reused (its experiment
-    commit is untouched) and only the missing one is queued. The seeds are not part of the grid id, so the first
-    call's one-seed grid leaves the repository as a two-seed grid stopped after one experiment would."""
+def test_compare_rerun_reuses_the_finished_experiment(scratch, monkeypatch):
+    """A grid stopped after its first experiment, with the second one still in DVC's queue, then run again: the
+    finished point is reused (its experiment commit is untouched) and the queued one runs once, not queued a
+    second time. The seeds are not part of the grid id, so a one-seed grid followed by queueing the second seed
+    without running it leaves the repository as an interrupted two-seed grid would."""
+    from gapo.config import load_params
+    from gapo.eval import compare as C
+    from gapo.paths import Workspace
+
     root, env, gapo = _grid_repo(scratch)
     knobs = [a for pair in zip(GRID[::2], GRID[1::2]) if not pair[1].startswith("compare.") for a in pair]
     one_point = [*knobs, "-S", "compare.methods=[sft]", "-S", "compare.paradigms=[pp]"]
@@ -103,12 +113,25 @@ def test_compare_rerun_reuses_the_finished_experiment(scratch):
     before = _grid_experiments(root)
     assert len(before) == 1 and next(iter(before)).endswith("-sft-pp-s1")
 
+    # the interruption: the two-seed grid queued its missing point, then stopped before running the queue
+    params = load_params(root / "params.yaml", [*one_point[1::2], "compare.seeds=[1,2]"], profile="tiny")
+    run_dvc = C._dvc
+    monkeypatch.setattr(C, "_dvc", lambda args, cwd, capture=True: "" if "--run-all" in args
+                        else run_dvc(args, cwd, capture))
+    for key in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.setenv(key, env[key])
+    assert C.queue_and_run(params, Workspace(root))["queued"] == 1
+    monkeypatch.undo()
+    s2 = next(iter(before))[:-1] + "2"
+    assert _queue_status_names(root, env).count(s2) == 1
+
     again = subprocess.run([*gapo, "--profile", "tiny", *one_point, "-S", "compare.seeds=[1,2]", "compare"],
                            cwd=root, env=env, capture_output=True, text=True, timeout=1500)
     assert again.returncode == 0, again.stderr[-3000:] + again.stdout[-2000:]
-    assert '"queued": 1' in again.stdout and '"reused": 1' in again.stdout
+    assert '"queued": 0' in again.stdout and '"already_queued": 1' in again.stdout and '"reused": 1' in again.stdout
     after = _grid_experiments(root)
     (s1, sha), = before.items()
     assert after[s1] == sha  # not rerun: a recomputed experiment would be a new commit
-    assert set(after) == {s1, s1[:-1] + "2"}
+    assert set(after) == {s1, s2}
+    assert _queue_status_names(root, env).count(s2) == 1  # run once
     assert "(2/2 experiments finished)" in (root / "reports" / "compare.md").read_text()

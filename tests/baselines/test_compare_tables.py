@@ -126,8 +126,27 @@ def test_queue_skips_finished_points_and_restores_params(tmp_path, monkeypatch):
     assert len(queued) == 1 and queued[0][queued[0].index("-n") + 1] == C.exp_name(C.grid_id(params), "sft", "pp", 2)
     assert ["exp", "run", "--run-all", "--jobs", "1"] in calls
     assert (tmp_path / "params.yaml").read_text() == "seed: 1\n"
+    # an interrupted call left s2 in DVC's queue: it runs with this call's --run-all, it is not queued twice
     calls.clear()
-    show[0]["experiments"][0]["revs"].append({"name": C.exp_name(C.grid_id(params), "sft", "pp", 2),
-                                             "data": show[0]["experiments"][0]["revs"][0]["data"]})
-    assert C.queue_and_run(params, Workspace(tmp_path))["queued"] == 0
-    assert not any("run" in a for a in calls)  # nothing left: no queue, no run
+    s2 = C.exp_name(C.grid_id(params), "sft", "pp", 2)
+    show[0]["experiments"].append({"revs": [{"name": s2, "data": {"params": {}, "metrics": {}}}],
+                                   "executor": {"state": "queued", "name": "dvc-task"}, "name": s2})
+    info = C.queue_and_run(params, Workspace(tmp_path))
+    assert (info["queued"], info["already_queued"], info["reused"]) == (0, 1, 1)
+    assert not [a for a in calls if "--queue" in a] and ["exp", "run", "--run-all", "--jobs", "1"] in calls
+    # both finished: no queue, no run
+    calls.clear()
+    show[0]["experiments"][-1] = {"revs": [{"name": s2, "data": show[0]["experiments"][0]["revs"][0]["data"]}],
+                                  "executor": {"state": "success"}, "name": s2}
+    info = C.queue_and_run(params, Workspace(tmp_path))
+    assert (info["queued"], info["already_queued"], info["reused"]) == (0, 0, 2)
+    assert not any("run" in a for a in calls)
+
+
+def test_pending_from_exp_show():
+    doc = [{"rev": "abc", "experiments": [
+        {"name": "a", "executor": {"state": "queued"}, "revs": []},
+        {"name": "b", "executor": {"state": "running"}, "revs": []},
+        {"name": "c", "executor": {"state": "success"}, "revs": []},
+        {"name": "d", "executor": {"state": "failed"}, "revs": []}, {"name": "e", "revs": []}]}]
+    assert C.pending_from_exp_show(doc) == {"a", "b"}

@@ -28,6 +28,10 @@ def rollouts_per_round(p) -> int:
     return p.ppo.rollout_batch_size * p.ppo.n_samples_per_prompt * p.ppo.episodes_per_round
 
 
+def sft_examples(p) -> int:
+    return p.sft.max_steps * p.sft.optim.micro_batch_size * p.sft.optim.gradient_accumulation_steps
+
+
 def test_gpu_profile_is_the_default_pipeline_at_ten_times_the_budget():
     cpu, gpu = load_params(None), load_params(None, profile="gpu")
     assert gpu.models.policy == cpu.models.policy == "builtin:smollm2" and gpu.models.lora.enabled
@@ -35,7 +39,6 @@ def test_gpu_profile_is_the_default_pipeline_at_ten_times_the_budget():
     assert not gpu.models.trust_remote_code and not gpu.models.allow_pickle
     assert rollouts_per_round(gpu) >= 10 * rollouts_per_round(cpu)
     assert gpu.reward.warmup_examples >= 10 * cpu.reward.warmup_examples
-    sft_examples = lambda p: p.sft.max_steps * p.sft.optim.micro_batch_size * p.sft.optim.gradient_accumulation_steps  # noqa: E731
     assert sft_examples(gpu) >= 10 * sft_examples(cpu)
     # ~3.8 RM rows per product (docs/data.md): the warm-up budget is there to be drawn
     assert gpu.data.num_products * gpu.data.prompts_per_product * 1.5 >= gpu.reward.warmup_examples
