@@ -3,7 +3,8 @@
 1. The merged params (params.yaml + profile + -S) become the experiments' baseline params.yaml for the time it takes
    to queue them (DVC stashes the workspace per queued experiment; the file is restored afterwards).
 2. Each grid point is `dvc exp run --queue -S method=M -S paradigm=P -S <compare.seed_param>=S -n <name> <target>`;
-   a point whose named experiment already exists is not queued again (its results are reused).
+   a point whose named experiment already finished is not queued again (its results are reused), nor is one still
+   queued or running in DVC's queue from an interrupted call (this call's --run-all runs it).
 3. `dvc exp run --run-all --jobs <compare.jobs>` runs the queue (local workers; no network).
 4. `dvc exp show --json` gives every experiment's params and metrics/evaluate.json; `build_tables` (pure) turns the
    grid's records into mean and t-interval over seeds per method (rows) x overall + per constraint category
@@ -11,7 +12,7 @@
    `plot_compare` reports/compare.png. Both are logged to the stage's MLflow run (gapo.tracking).
 
 API (pure): `t_quantile(p, df)`, `t_interval(values, confidence)`, `records_from_exp_show(doc)`,
-`build_tables(records, metric, confidence)`, `render_markdown(tables, meta)`;
+`pending_from_exp_show(doc)`, `build_tables(records, metric, confidence)`, `render_markdown(tables, meta)`;
 (I/O) `plot_compare(tables, out)`, `run_compare(params, ws, collect_only=False)`.
 """
 from __future__ import annotations
@@ -100,6 +101,27 @@ def records_from_exp_show(doc: Any) -> list[dict]:
                 if params and metrics:
                     out.append({"name": node.get("name") or data.get("name"), "rev": node.get("rev") or data.get("rev"),
                                 "params": params, "metrics": metrics})
+            for v in node.values():
+                if isinstance(v, (dict, list)):
+                    visit(v)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+
+    visit(doc)
+    return out
+
+
+def pending_from_exp_show(doc: Any) -> set[str]:
+    """Names of the experiments DVC's queue holds as queued or running (`executor.state` in `dvc exp show --json`):
+    they have no metrics yet, and queueing one of them again would run it twice."""
+    out: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            executor = node.get("executor")
+            if isinstance(executor, dict) and executor.get("state") in ("queued", "running") and node.get("name"):
+                out.add(str(node["name"]))
             for v in node.values():
                 if isinstance(v, (dict, list)):
                     visit(v)
@@ -263,9 +285,13 @@ def exp_name(gid: str, method: str, paradigm: str, seed: int) -> str:
     return f"cmp-{gid}-{method}-{paradigm}-s{seed}"
 
 
-def collect(ws: Workspace, params: Params) -> list[dict]:
+def _exp_show(ws: Workspace) -> Any:
+    return json.loads(_dvc(["exp", "show", "--json"], ws.root) or "[]")
+
+
+def collect(ws: Workspace, params: Params, doc: Any = None) -> list[dict]:
     """The grid's finished experiments (by name) as {method, paradigm, seed, name, metrics}."""
-    doc = json.loads(_dvc(["exp", "show", "--json"], ws.root) or "[]")
+    doc = _exp_show(ws) if doc is None else doc
     gid = grid_id(params)
     wanted = {exp_name(gid, m, p, s): (m, p, s) for m, p, s in grid(params)}
     out = {}
@@ -280,8 +306,12 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
     from gapo.io import atomic_file
 
     gid = grid_id(params)
-    done = {r["name"] for r in collect(ws, params)}
-    todo = [(m, p, s) for m, p, s in grid(params) if exp_name(gid, m, p, s) not in done]
+    doc = _exp_show(ws)
+    done = {r["name"] for r in collect(ws, params, doc)}
+    # A grid interrupted during its run leaves its unfinished points in DVC's queue: they run with this call's
+    # --run-all instead of being queued a second time.
+    pending = {exp_name(gid, *g) for g in grid(params)} & pending_from_exp_show(doc) - done
+    todo = [(m, p, s) for m, p, s in grid(params) if exp_name(gid, m, p, s) not in done | pending]
     params_file = ws.root / "params.yaml"
     original = params_file.read_bytes() if params_file.exists() else None
     base = params.model_copy(deep=True)
@@ -299,16 +329,17 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
             with atomic_file(params_file, "wb") as fh:
                 fh.write(original)
     t0 = time.perf_counter()
-    if todo:
+    if todo or pending:
         # Output streams to the terminal: a grid takes long and the per-stage progress is the only sign of life.
         _dvc(["exp", "run", "--run-all", "--jobs", str(params.compare.jobs)], ws.root, capture=False)
-    return {"queued": len(todo), "reused": len(done), "run_s": round(time.perf_counter() - t0, 1)}
+    return {"queued": len(todo), "already_queued": len(pending), "reused": len(done),
+            "run_s": round(time.perf_counter() - t0, 1)}
 
 
 def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> dict:
     from gapo.io import atomic_file
 
-    info = {"queued": 0, "reused": 0, "run_s": 0.0} if collect_only else queue_and_run(params, ws)
+    info = {"queued": 0, "already_queued": 0, "reused": 0, "run_s": 0.0} if collect_only else queue_and_run(params, ws)
     records = collect(ws, params)
     if not records:
         raise CompareError(f"compare: no finished experiment of grid {grid_id(params)} in `dvc exp show` "

@@ -4,8 +4,9 @@
   format as `prompt_template` (so a served model takes the raw product-description prompt), and a signature
   whose params schema accepts generation settings per request (max_new_tokens, do_sample, temperature, top_p).
 - `gapo-reward-model`: pyfunc (`reward_pyfunc`) scoring (prompt, response) pairs.
-Both new versions get alias `candidate`, the evaluation metrics (`eval.*`) and the lineage tags
-(`gapo.tracking.lineage`). The gate (`evaluate_gate`, config `registry.gate`) then decides whether alias
+Both new versions get alias `candidate`, the evaluation metrics (`eval.*`), the lineage tags
+(`gapo.tracking.lineage`) and, once the gate has decided, a model card (`gapo.tracking.model_card`: README.md in the
+logged model and the version's description). The gate (`evaluate_gate`, config `registry.gate`) decides whether alias
 `champion` moves to them: the candidate must beat the current champion's held-out prompt-level strict accuracy
 by more than `min_improvement` (measured on the same test data), with KL to the SFT reference within
 `kl_budget` and the last round's hack_gap within `hack_gap_budget`. Its inputs and verdict are stored as
@@ -308,6 +309,15 @@ def run_register(params: Params, ws: Workspace) -> dict[str, Any]:
         versions[name] = str(mv.version)
         client.set_registered_model_alias(name, CANDIDATE, mv.version)
     verdict = promote(client, params, versions, candidate)
+    from gapo.tracking import model_card
+
+    evaluation = json.loads(ws.metrics_file("evaluate").read_text(encoding="utf-8"))  # checked by candidate_metrics
+    model_card.log_model_cards(
+        client, params, ws, versions,
+        {params.registry.policy_name: policy_info.model_id, params.registry.reward_model_name: reward_info.model_id},
+        tags, evaluation, {"verdict": "promoted" if verdict.promote else "rejected",
+                           "reasons": "; ".join(verdict.reasons)},
+        candidate.get("hack_gap"), run.info.run_id, parent_id)
     champion = champion_info(client, params)
     result = {"policy_name": params.registry.policy_name, "policy_version": int(versions[params.registry.policy_name]),
               "reward_model_name": params.registry.reward_model_name,

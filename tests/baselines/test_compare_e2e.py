@@ -28,15 +28,14 @@ def scratch():
         yield Path(d)
 
 
-@pytest.mark.slow
-def test_compare_grid_end_to_end(scratch):
+def _grid_repo(scratch: Path) -> tuple[Path, dict, list[str]]:
+    """A scratch git repository holding the pipeline (root, environment, `gapo` command)."""
     root = scratch / "repo"
     root.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
         shutil.copy2(REPO / name, root / name)
     for name in ("gapo", "profiles"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    original_params = (root / "params.yaml").read_bytes()
     (root / ".dvc").mkdir()
     (root / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n")
     env = {**os.environ, "GAPO_TRACKING": "on", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
@@ -45,7 +44,13 @@ def test_compare_grid_end_to_end(scratch):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "grid"]):
         subprocess.run(cmd, cwd=root, env=env, check=True)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    gapo = [str(Path(sys.executable).parent / "gapo")]
+    return root, env, [str(Path(sys.executable).parent / "gapo")]
+
+
+@pytest.mark.slow
+def test_compare_grid_end_to_end(scratch):
+    root, env, gapo = _grid_repo(scratch)
+    original_params = (root / "params.yaml").read_bytes()
     proc = subprocess.run([*gapo, "--profile", "tiny", *GRID, "compare"],
                           cwd=root, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
@@ -72,3 +77,61 @@ def test_compare_grid_end_to_end(scratch):
     again = subprocess.run([*gapo, "--profile", "tiny", *GRID, "compare"],
                            cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and '"queued": 0' in again.stdout and '"reused": 4' in again.stdout
+
+
+def _grid_experiments(root: Path) -> dict[str, str]:
+    """{experiment name: commit} of the grid's experiments, from DVC's git refs (refs/exps/<baseline>/<name>)."""
+    out = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], cwd=root,
+                         capture_output=True, text=True, check=True).stdout
+    refs = (line.split() for line in out.splitlines())
+    return {ref.rsplit("/", 1)[1]: sha for sha, ref in refs if ref.rsplit("/", 1)[1].startswith("cmp-")}
+
+
+def _queue_status_names(root: Path, env: dict) -> list[str]:
+    out = subprocess.run(["dvc", "queue", "status"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    return [line.split()[1] for line in out.stdout.splitlines() if line.split()[1:2] and line.split()[1].startswith("cmp-")]
+
+
+@pytest.mark.slow
+def test_compare_rerun_reuses_the_finished_experiment(scratch, monkeypatch):
+    """A grid stopped after its first experiment, with the second one still in DVC's queue, then run again: the
+    finished point is reused (its experiment commit is untouched) and the queued one runs once, not queued a
+    second time. The seeds are not part of the grid id, so a one-seed grid followed by queueing the second seed
+    without running it leaves the repository as an interrupted two-seed grid would."""
+    from gapo.config import load_params
+    from gapo.eval import compare as C
+    from gapo.paths import Workspace
+
+    root, env, gapo = _grid_repo(scratch)
+    knobs = [a for pair in zip(GRID[::2], GRID[1::2]) if not pair[1].startswith("compare.") for a in pair]
+    one_point = [*knobs, "-S", "compare.methods=[sft]", "-S", "compare.paradigms=[pp]"]
+
+    first = subprocess.run([*gapo, "--profile", "tiny", *one_point, "-S", "compare.seeds=[1]", "compare"],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-2000:]
+    assert '"queued": 1' in first.stdout and '"reused": 0' in first.stdout
+    before = _grid_experiments(root)
+    assert len(before) == 1 and next(iter(before)).endswith("-sft-pp-s1")
+
+    # the interruption: the two-seed grid queued its missing point, then stopped before running the queue
+    params = load_params(root / "params.yaml", [*one_point[1::2], "compare.seeds=[1,2]"], profile="tiny")
+    run_dvc = C._dvc
+    monkeypatch.setattr(C, "_dvc", lambda args, cwd, capture=True: "" if "--run-all" in args
+                        else run_dvc(args, cwd, capture))
+    for key in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.setenv(key, env[key])
+    assert C.queue_and_run(params, Workspace(root))["queued"] == 1
+    monkeypatch.undo()
+    s2 = next(iter(before))[:-1] + "2"
+    assert _queue_status_names(root, env).count(s2) == 1
+
+    again = subprocess.run([*gapo, "--profile", "tiny", *one_point, "-S", "compare.seeds=[1,2]", "compare"],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=1500)
+    assert again.returncode == 0, again.stderr[-3000:] + again.stdout[-2000:]
+    assert '"queued": 0' in again.stdout and '"already_queued": 1' in again.stdout and '"reused": 1' in again.stdout
+    after = _grid_experiments(root)
+    (s1, sha), = before.items()
+    assert after[s1] == sha  # not rerun: a recomputed experiment would be a new commit
+    assert set(after) == {s1, s2}
+    assert _queue_status_names(root, env).count(s2) == 1  # run once
+    assert "(2/2 experiments finished)" in (root / "reports" / "compare.md").read_text()

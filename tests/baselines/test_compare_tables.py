@@ -100,3 +100,53 @@ def test_grid_names_ignore_only_the_axes():
 def test_plot_compare_writes_a_png(tmp_path):
     out = C.plot_compare(C.build_tables(RECORDS), tmp_path / "c.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_queue_skips_finished_points_and_restores_params(tmp_path, monkeypatch):
+    """The queueing step alone (DVC faked): a point whose named experiment is in `dvc exp show` is not queued."""
+    from gapo.config import load_params
+    from gapo.paths import Workspace
+
+    params = load_params(None, ["compare.methods=[sft]", "compare.paradigms=[pp]", "compare.seeds=[1,2]"])
+    done = C.exp_name(C.grid_id(params), "sft", "pp", 1)
+    show = [{"rev": "abc", "experiments": [{"revs": [{"name": done, "data": {
+        "params": {"params.yaml": {"data": {"method": "sft"}}},
+        "metrics": {"metrics/evaluate.json": {"data": {"prompt_level_strict_acc": 0.5}}}}}]}]}]
+    calls = []
+
+    def fake_dvc(args, cwd, capture=True):
+        calls.append(args)
+        return __import__("json").dumps(show) if args[:2] == ["exp", "show"] else ""
+
+    monkeypatch.setattr(C, "_dvc", fake_dvc)
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    info = C.queue_and_run(params, Workspace(tmp_path))
+    queued = [a for a in calls if "--queue" in a]
+    assert info["queued"] == 1 and info["reused"] == 1
+    assert len(queued) == 1 and queued[0][queued[0].index("-n") + 1] == C.exp_name(C.grid_id(params), "sft", "pp", 2)
+    assert ["exp", "run", "--run-all", "--jobs", "1"] in calls
+    assert (tmp_path / "params.yaml").read_text() == "seed: 1\n"
+    # an interrupted call left s2 in DVC's queue: it runs with this call's --run-all, it is not queued twice
+    calls.clear()
+    s2 = C.exp_name(C.grid_id(params), "sft", "pp", 2)
+    show[0]["experiments"].append({"revs": [{"name": s2, "data": {"params": {}, "metrics": {}}}],
+                                   "executor": {"state": "queued", "name": "dvc-task"}, "name": s2})
+    info = C.queue_and_run(params, Workspace(tmp_path))
+    assert (info["queued"], info["already_queued"], info["reused"]) == (0, 1, 1)
+    assert not [a for a in calls if "--queue" in a] and ["exp", "run", "--run-all", "--jobs", "1"] in calls
+    # both finished: no queue, no run
+    calls.clear()
+    show[0]["experiments"][-1] = {"revs": [{"name": s2, "data": show[0]["experiments"][0]["revs"][0]["data"]}],
+                                  "executor": {"state": "success"}, "name": s2}
+    info = C.queue_and_run(params, Workspace(tmp_path))
+    assert (info["queued"], info["already_queued"], info["reused"]) == (0, 0, 2)
+    assert not any("run" in a for a in calls)
+
+
+def test_pending_from_exp_show():
+    doc = [{"rev": "abc", "experiments": [
+        {"name": "a", "executor": {"state": "queued"}, "revs": []},
+        {"name": "b", "executor": {"state": "running"}, "revs": []},
+        {"name": "c", "executor": {"state": "success"}, "revs": []},
+        {"name": "d", "executor": {"state": "failed"}, "revs": []}, {"name": "e", "revs": []}]}]
+    assert C.pending_from_exp_show(doc) == {"a", "b"}

@@ -102,6 +102,20 @@ def test_dvc_repro_registers_both_models_with_aliases(repo):
         assert str(client.get_model_version_by_alias(name, "candidate").version) == "1"
     register = json.loads((repo / "metrics" / "register.json").read_text())
     assert register["promoted"] is True
+    # the model card: README.md in each version, the same text as its description, with the paired SFT table
+    # from metrics/evaluate.json and the DVC hashes from dvc.lock
+    import mlflow
+
+    lock = (repo / "dvc.lock").read_text()
+    for name in ("gapo-policy", "gapo-reward-model"):
+        readme = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{client.get_model_version_download_uri(name, '1')}/README.md",
+            dst_path=str(repo / "cards" / name))).read_text(encoding="utf-8")
+        assert client.get_model_version(name, "1").description == readme
+        assert readme.startswith(f"# {name} version 1\n") and "- Base: `builtin:" in readme
+        assert "| prompt-level strict |" in readme and "p (McNemar)" in readme and "n = 6 prompts" in readme
+        outs = [line.split("`")[3] for line in readme.splitlines() if line.startswith("| `checkpoints/final` |")]
+        assert outs and outs[0] in lock
 
 
 def test_mlflow_nests_stage_and_round_runs_under_one_parent(repo):

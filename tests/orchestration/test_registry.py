@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +50,8 @@ def test_gate_min_improvement_and_missing_metric():
     assert not evaluate_gate({"metric": 0.5, "kl": None}, None, g).promote
 
 
-def _workspace(root, tiny_models, acc: float, kl: float = 0.05, hack_gap: float | None = 0.1) -> Workspace:
+def _workspace(root, tiny_models, acc: float, kl: float = 0.05, hack_gap: float | None = 0.1,
+               vs_sft: bool = False) -> Workspace:
     ws = Workspace(root)
     policy, reward = tiny_models
     shutil.copytree(policy, ws.final / "policy")
@@ -58,8 +60,14 @@ def _workspace(root, tiny_models, acc: float, kl: float = 0.05, hack_gap: float 
     ifeval.parent.mkdir(parents=True)
     ifeval.write_text(json.dumps({"key": 1, "prompt": "Describe a mug.", "instruction_id_list": [], "kwargs": []})
                       + "\n")
-    write_json(ws.metrics_file("evaluate"), {"prompt_level_strict_acc": acc, "inst_level_strict_acc": acc + 0.1,
-                                             "kl_to_sft": kl, "by_instruction": {"x:y": {"n": 1}}})
+    metrics = {"prompt_level_strict_acc": acc, "inst_level_strict_acc": acc + 0.1, "kl_to_sft": kl,
+               "by_instruction": {"x:y": {"n": 1}}, "num_prompts": 1}
+    if vs_sft:  # the paired block gapo.eval.paired.compare writes, one prompt against an SFT that failed it
+        cell = {"final": acc, "sft": 0.0, "delta": acc, "ci95_low": acc, "ci95_high": acc, "p_bootstrap": 1.0}
+        metrics["vs_sft"] = {"n_prompts": 1, "n_instructions": 0, "resamples": 10, "seed": 0,
+                             **{k: dict(cell) for k in ("prompt_level_strict_acc", "prompt_level_loose_acc",
+                                                        "inst_level_strict_acc", "inst_level_loose_acc")}}
+    write_json(ws.metrics_file("evaluate"), metrics)
     if hack_gap is not None:
         write_json(ws.metrics_file("adversarial"), {"hack_gap": hack_gap})
     return ws
@@ -73,8 +81,8 @@ def test_register_gate_lineage_and_loading(tmp_path, mlflow_store, tiny_models, 
 
     monkeypatch.setenv("GAPO_PIPELINE_KEY", "registry-test")
     monkeypatch.setenv("GAPO_PREFECT_FLOW_RUN_ID", "flow-run-abc")
-    params = load_params(None, ["tracking.system_metrics=false", "evaluate.max_new_tokens=8"])
-    first = STAGES["register"].fn(params, _workspace(tmp_path / "a", tiny_models, acc=0.30))
+    params = load_params(None, ["tracking.system_metrics=false", "evaluate.max_new_tokens=8"], profile="tiny")
+    first = STAGES["register"].fn(params, _workspace(tmp_path / "a", tiny_models, acc=0.30, vs_sft=True))
     assert first["promoted"] and first["policy_version"] == 1 and first["champion_version"] == 1
     worse = STAGES["register"].fn(params, _workspace(tmp_path / "b", tiny_models, acc=0.20))
     assert not worse["promoted"] and worse["policy_version"] == 2 and worse["champion_version"] == 1
@@ -88,6 +96,20 @@ def test_register_gate_lineage_and_loading(tmp_path, mlflow_store, tiny_models, 
     assert v2.tags["gate.verdict"] == "rejected" and v2.tags["gate.champion_version"] == "1"
     assert v2.tags["gate.champion_value"] == "0.3" and v2.tags["gate.candidate_value"] == "0.2"
     assert v2.tags["eval.prompt_level_strict_acc"] == "0.2" and v2.tags["prefect.flow_run_id"] == "flow-run-abc"
+    # every version carries its model card: README.md in the logged model and the same text as description
+    for name, role_line in (("gapo-policy", "policy (generator)"), ("gapo-reward-model", "reward model")):
+        for version, verdict in (("1", "promoted"), ("2", "rejected")):
+            mv = client.get_model_version(name, version)
+            readme = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{client.get_model_version_download_uri(name, version)}/README.md",
+                dst_path=str(tmp_path / "cards" / name / version))).read_text(encoding="utf-8")
+            assert readme.startswith(f"# {name} version {version}\n") and role_line in readme
+            assert mv.description == readme and len(readme) <= 5000
+            assert "- Base: `builtin:" in readme and "- Prefect flow run: `flow-run-abc`" in readme
+            assert f"## Promotion gate at registration\n\n{verdict}: " in readme
+            assert ("| prompt-level strict | 30.0% | 0.0% | +30.0 | [+30.0, +30.0] |" in readme) is (version == "1")
+            assert ("No paired comparison with the SFT policy" in readme) is (version == "2")
+            assert str(tmp_path) not in readme and "sqlite" not in readme
     register_run = client.get_run(v2.run_id)
     assert register_run.data.tags["gapo.stage"] == "register"
     assert client.get_run(register_run.data.tags["mlflow.parentRunId"]).data.tags["gapo.role"] == "pipeline"
