@@ -330,10 +330,15 @@ def make_experience(models: PPOModels, rows: Sequence[dict], params: Params, kl_
         critic.train()
     stats = {k if k != "pass" else "pass_rate": (sum(v) / len(v) if v else float("nan")) for k, v in acc.items()}
     # Does the reward follow the verifier on the very samples PPO learns from? (0.5: no; NaN: all pass or all fail)
-    from gapo.train.reward import roc_auc
+    from gapo.train.reward import roc_auc, within_group_auc
 
-    checked = [(r.score, float(r.passed)) for r in rollouts if r.passed is not None]
+    checked = [(r.score, float(r.passed), i // ppo.n_samples_per_prompt) for i, r in enumerate(rollouts)
+               if r.passed is not None]
     stats["rm_verifier_auc"] = roc_auc([c[0] for c in checked], [c[1] for c in checked]) if checked else float("nan")
+    # ...and among the answers to one prompt, the only ordering group advantages use (rollouts of a prompt are
+    # consecutive; NaN with one sample per prompt)
+    stats["rm_verifier_auc_within"] = within_group_auc([c[0] for c in checked], [c[1] for c in checked],
+                                                       [c[2] for c in checked])
     stats.update({f"timing/{k}_s": round(v, 3) for k, v in clock.items()})
     return rollouts, stats
 

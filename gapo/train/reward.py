@@ -179,6 +179,25 @@ def roc_auc(scores: Sequence[float], labels: Sequence[float]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def within_group_auc(scores: Sequence[float], labels: Sequence[float], groups: Sequence[object]) -> float:
+    """roc_auc restricted to pairs from the same group (answers to one prompt): the share of (positive, negative)
+    pairs of a group that the scores order correctly, ties 1/2, pooled over groups; NaN without such a pair.
+    Group-relative advantages subtract each prompt's mean score, so this, not the pooled AUC, is the part of the
+    RM's signal that reaches PPO (docs/method.md, "The RM ranks prompts, not answers")."""
+    by_group: dict[object, list[tuple[float, float]]] = {}
+    for s, y, g in zip(scores, labels, groups):
+        by_group.setdefault(g, []).append((float(s), float(y)))
+    hits, pairs = 0.0, 0
+    for members in by_group.values():
+        pos = [s for s, y in members if y > 0.5]
+        neg = [s for s, y in members if y <= 0.5]
+        for a in pos:
+            for b in neg:
+                hits += 1.0 if a > b else 0.5 if a == b else 0.0
+        pairs += len(pos) * len(neg)
+    return hits / pairs if pairs else float("nan")
+
+
 def _pair_perturbation(chosen: dict, rejected: dict) -> tuple[str, str]:
     """(kind, instruction) of a preferential-prompt pair, from its two RM rows alone: `insert` when the rejected
     prompt has the chosen one's constraints plus one (the instruction is the added one), else `modify` (the first

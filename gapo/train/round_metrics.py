@@ -32,7 +32,8 @@ DYNAMICS_COLUMNS = ("round", *(c for cols in DYNAMICS_PANELS.values() for c in c
 ROUND_COLUMNS = (*DYNAMICS_COLUMNS, "verifier_pass_rate_greedy", "rm_verifier_auc", "rm_acc", "rm_pp_acc",
                  "rm_prob_fakes", "rm_prob_positives", "response_length", "rollout_reward", "rollout_pass_rate",
                  "fakes_pass_rate", "policy_loss", "value_loss", "rm_loss", "n_fakes_in_rm_set",
-                 "rollout_rm_verifier_auc", "ratio_dev_first", "rollout_stopped", "eos_rate", "seconds")
+                 "rollout_rm_verifier_auc", "rollout_rm_verifier_auc_within", "ratio_dev_first", "rollout_stopped",
+                 "eos_rate", "seconds")
 HEADLINE = ("rm_auc", "fool_rate", "mean_reward", "kl", "verifier_pass_rate", "hack_gap")
 
 # (clock phase, the ppo_iteration stat holding its seconds)
@@ -107,6 +108,8 @@ def ppo_phase_record(stats: Sequence[dict], steps: int) -> dict:
     last = stats[-1]
     return dict(rollout_reward=sum(s["reward"] for s in stats) / len(stats),
                 rollout_rm_verifier_auc=nanmean([s["rm_verifier_auc"] for s in stats]),
+                rollout_rm_verifier_auc_within=nanmean([s.get("rm_verifier_auc_within", float("nan"))
+                                                        for s in stats]),
                 ratio_dev_first=max(s["ratio_dev_first"] for s in stats),
                 rollout_pass_rate=sum(s["pass_rate"] for s in stats) / len(stats),
                 rollout_stopped=sum(s["stopped"] for s in stats) / len(stats),

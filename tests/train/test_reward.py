@@ -23,6 +23,18 @@ def _brute_auc(scores, labels):
     return wins / (len(pos) * len(neg))
 
 
+def test_within_group_auc_counts_only_pairs_inside_a_group():
+    # prompt a: pass 3.0 vs fail 1.0 (right), pass 3.0 vs fail 3.0 (tie); prompt b: pass 0.0 vs fail 2.0 (wrong);
+    # prompt c: all fail (no pair). Cross-prompt pairs (b's pass 0.0 vs a's fails) must not count.
+    scores = [3.0, 1.0, 3.0, 0.0, 2.0, 9.0]
+    labels = [1, 0, 0, 1, 0, 0]
+    groups = ["a", "a", "a", "b", "b", "c"]
+    assert R.within_group_auc(scores, labels, groups) == pytest.approx((1 + 0.5 + 0) / 3)
+    assert R.roc_auc(scores, labels) == pytest.approx(2.5 / 8)  # the pooled view differs
+    nan = R.within_group_auc([1.0, 2.0], [1, 0], ["a", "b"])
+    assert nan != nan  # no same-prompt pair with both outcomes
+
+
 def test_roc_auc_matches_pair_counting_with_ties():
     rng = random.Random(0)
     for _ in range(20):
