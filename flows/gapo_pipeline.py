@@ -54,8 +54,11 @@ from prefect.artifacts import (  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
-PRE_ROUND_STAGES = ("prepare", "models", "sft", "rm_warmup")
-POST_ROUND_STAGES = ("evaluate", "register")
+from gapo.stages import PIPELINE, ROUNDS_STAGE  # noqa: E402
+
+# the stages around the adversarial rounds (which run as one task per round)
+PRE_ROUND_STAGES = PIPELINE[:PIPELINE.index(ROUNDS_STAGE)]
+POST_ROUND_STAGES = PIPELINE[PIPELINE.index(ROUNDS_STAGE) + 1:]
 USER_ERROR_EXIT = 2           # gapo's exit code for a GapoError (bad params/data/model path): retrying won't help
 INTERRUPTED_EXIT = 130
 
@@ -186,7 +189,7 @@ def lock_hash(root: Path, stage: str) -> str | None:
     return entry_hash(entry) if entry else None
 
 
-def dvc_cache_key(context, parameters: dict) -> Optional[str]:
+def dvc_cache_key(context, parameters: dict) -> Optional[str]:  # noqa: ARG001 (Prefect's cache_key_fn signature)
     """Cache key of a stage task: its dvc.lock entry hash when DVC says it is up to date, else None (no cache)."""
     root, stage = Path(parameters["root"]), parameters["stage"]
     if dvc_status(root, stage):

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from gapo.config import Params, dump_params
+from gapo.config import Params
 from gapo.errors import GapoError
 from gapo.paths import Workspace
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run, venv_bin
+from tests.repo_copies import run, venv_bin
 
-sys.path.insert(0, str(REPO))
-from flows import gapo_pipeline as fp  # noqa: E402
+from flows import gapo_pipeline as fp
 
 
 def test_configure_params_writes_profile_and_overrides(tmp_path):
