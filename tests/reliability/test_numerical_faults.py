@@ -121,6 +121,7 @@ def test_prefect_task_fails_with_the_message_and_is_not_retried(ws_params, tmp_p
     shutil.copytree(src.root, root, ignore=shutil.ignore_patterns("rounds", "final", "metrics"))
     (root / "params.yaml").write_text(render_params_yaml(params))
     from flows import gapo_pipeline as gp
+    from flows.supervision import StageFailed
 
     @flow(name="nan-round")
     def one_round(root_s: str):
@@ -130,7 +131,7 @@ def test_prefect_task_fails_with_the_message_and_is_not_retried(ws_params, tmp_p
 
     state = one_round(str(root), return_state=True)
     assert state.is_failed()
-    with pytest.raises(gp.StageFailed) as err:
+    with pytest.raises(StageFailed) as err:
         state.result()
     msg = str(err.value)
     assert "gapo adversarial --round 1 failed (exit 2)" in msg
