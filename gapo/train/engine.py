@@ -123,12 +123,12 @@ def all_reduce_mean(values: list[float]) -> list[float]:
 
     if world_size() == 1:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    t = torch.tensor(values, dtype=torch.float64, device=comm_device())
     dist.all_reduce(t)
     return (t / world_size()).tolist()
 
 
-def _comm_device():
+def comm_device():
     import torch
 
     if torch.cuda.is_available():
@@ -243,20 +243,20 @@ def build_inference_engine(model, params: Params):
         engine.eval()
         return engine
     dtype = torch.bfloat16 if params.deepspeed.precision == "bf16" else None
-    return model.to(device=_comm_device(), dtype=dtype)
+    return model.to(device=comm_device(), dtype=dtype)
 
 
 def unwrap(model_or_engine):
     return getattr(model_or_engine, "module", model_or_engine)
 
 
-def _is_zero3(engine) -> bool:
+def is_zero3(engine) -> bool:
     return bool(getattr(engine, "zero_optimization_partition_weights", lambda: False)())
 
 
 def consolidated_state_dict(engine) -> Optional[dict]:
     """Full weights; collective under ZeRO-3 (every rank must call), meaningful on rank 0."""
-    if _is_zero3(engine):
+    if is_zero3(engine):
         return engine._zero3_consolidated_16bit_state_dict()
     return unwrap(engine).state_dict()
 
@@ -268,7 +268,7 @@ def save_hf(engine, tokenizer, out_dir: str | Path, extra_json: Optional[dict] =
     from gapo.models.adapters import has_lora, merged_state_dict
     from gapo.models.loading import save_pretrained
 
-    state = engine._zero3_consolidated_16bit_state_dict() if _is_zero3(engine) else None
+    state = engine._zero3_consolidated_16bit_state_dict() if is_zero3(engine) else None
     if has_lora(unwrap(engine)):
         state = merged_state_dict(unwrap(engine)) if state is None else _merge_lora_keys(unwrap(engine), state)
     if is_main():

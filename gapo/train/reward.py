@@ -248,7 +248,7 @@ def _synced_batch_count(n: int) -> int:
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([n], device=E._comm_device())
+    t = torch.tensor([n], device=E.comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 
@@ -258,7 +258,7 @@ def rm_logits(model, tokenizer, prompts: Sequence[str], responses: Sequence[str]
     """`facts=None`: the layout stored in the RM (`rm_keeps_facts`)."""
     import torch
 
-    from gapo.train.engine import _is_zero3
+    from gapo.train.engine import is_zero3
 
     module = getattr(model, "module", model)
     was_training = module.training
@@ -272,7 +272,7 @@ def rm_logits(model, tokenizer, prompts: Sequence[str], responses: Sequence[str]
     out = torch.empty(len(enc), dtype=torch.float32)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n_batches = math.ceil(len(enc) / batch_size)
-    total = _synced_batch_count(n_batches) if _is_zero3(model) else n_batches
+    total = _synced_batch_count(n_batches) if is_zero3(model) else n_batches
     try:
         with torch.no_grad():
             for b in range(total):
