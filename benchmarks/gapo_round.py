@@ -68,7 +68,6 @@ def main(argv=None) -> dict:
 
 
 def summarize(recs: dict, params, ns, load_before) -> dict:
-    import statistics
 
     use = {m: (r[1:] if len(r) > 1 else r) for m, r in recs.items()}
 

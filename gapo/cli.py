@@ -6,6 +6,10 @@ functions in gapo.stages).
     gapo --profile tiny adversarial   # merge profiles/tiny.yaml over params.yaml
     gapo config --profile tiny --write params.yaml
 
+A stage with `deepspeed.launcher` torchrun / deepspeed relaunches this same command on every rank
+(gapo.train.engine.maybe_relaunch); a launched rank runs the stage's recipe only: the launching `gapo` holds the
+workspace lock and the MLflow run, and rank 0 writes the stage's result to `--summary` for it.
+
 Errors a user can fix (bad params, bad data, bad model path) print one line and exit 2.
 """
 from __future__ import annotations
@@ -17,11 +21,6 @@ import sys
 from pathlib import Path
 
 from gapo.errors import INPUT_ERRORS, GapoError, describe_input_error, one_line
-
-# Stages that write the workspace's pipeline outputs. The wait (GAPO_WORKSPACE_LOCK_TIMEOUT_S, default 60 s) lets a
-# rerun start while the stage of a killed run is still shutting down (it got SIGTERM from the flow's death).
-LOCKED_STAGES = ("prepare", "models", "sft", "rm_warmup", "adversarial", "evaluate", "register")
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line like every other user error, not usage + message
@@ -38,6 +37,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a param, as in `dvc exp run -S` (repeatable)")
     parser.add_argument("--workdir", default=".", help="workspace root holding data/, checkpoints/, metrics/")
+    # set by gapo.train.engine.maybe_relaunch for the ranks it launches, and by DeepSpeed's launcher (which puts
+    # `--local_rank=N` right after the module name); not for users
+    parser.add_argument("--summary", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, spec in stages.STAGES.items():
         p = sub.add_parser(name, help=spec.help.replace("%", "%%"), description=spec.help)
@@ -99,6 +102,7 @@ def _main(argv: list[str] | None = None) -> int:
     from gapo import stages
     from gapo.config import load_params
     from gapo.paths import Workspace
+    from gapo.train.engine import inside_launcher
 
     parser = _build_parser()
     ns = parser.parse_args(argv)
@@ -117,9 +121,14 @@ def _main(argv: list[str] | None = None) -> int:
                                {"--input": extra.get("input_path"), "--responses": extra.get("responses_path"),
                                 "evaluate.input": params.evaluate.input, "--params": params_path,
                                 "the prepared input": ws.jsonl("ifeval", params.evaluate.split)}, ws.root)
-        if ns.stage in LOCKED_STAGES:  # one writer per workspace (a dvc repro and a flow run must not interleave)
+        if ns.stage in stages.LAUNCHABLE and inside_launcher():  # one rank; the launching process owns the lock
+            # and the MLflow run
+            return _launched_rank(spec, params, ws, extra, ns.summary)
+        if ns.stage in stages.PIPELINE:  # one writer per workspace (a dvc repro and a flow run must not interleave)
             from gapo.io import workspace_lock
 
+            # the wait lets a rerun start while the stage of a killed run is still shutting down (it got SIGTERM
+            # from the flow's death)
             wait = _env_seconds("GAPO_WORKSPACE_LOCK_TIMEOUT_S", 60.0)
             with workspace_lock(ws.root, "stage", f"gapo {ns.stage}", timeout_s=wait):
                 _sweep_leftovers(ws.root)
@@ -142,5 +151,22 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _launched_rank(spec, params, ws, extra: dict, summary: str | None) -> int:
+    """The stage on one launched rank: untracked (functools.wraps keeps the stage function under the MLflow
+    wrapper), and only rank 0 reports, to `summary` when the launching process asked for it."""
+    from gapo.train.engine import is_main
+
+    result = getattr(spec.fn, "__wrapped__", spec.fn)(params, ws, **extra)
+    if is_main():
+        if summary:
+            from gapo.io import write_json
+
+            write_json(summary, result)
+        elif result is not None and spec.print_result:
+            print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+# `python -m gapo.cli` is `gapo`: the command the launchers run on every rank (gapo.train.engine.launcher_command)
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Atomic file and directory writes, and jsonl helpers.
+"""Atomic file and directory writes, jsonl helpers, and the content hash of a file or a directory.
 
 Every stage writes its outputs through these helpers so that a crash, a kill -9 or a validation
 error never leaves a half-written file where DVC, MLflow or the next stage would pick it up:
@@ -8,6 +8,7 @@ filesystem).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -190,6 +191,24 @@ def read_json(path: str | os.PathLike) -> Any:
 def dumps_jsonl_line(record: dict) -> str:
     # sort_keys + fixed separators: the same records always give byte-identical files.
     return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
+
+
+def content_hash(path: str | os.PathLike, algorithm: str = "md5", *, names: bool = False,
+                 suffixes: tuple[str, ...] | None = None) -> str:
+    """Hex digest of a file's bytes, or of a directory's files (recursive, in sorted path order; only those ending in
+    one of `suffixes` when given). `names`: each file's name goes in before its bytes, so a rename changes it."""
+    path = Path(path)
+    h = hashlib.new(algorithm)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir() and suffixes is not None and f.suffix not in suffixes:
+            continue
+        if names:
+            h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:

@@ -15,6 +15,9 @@ SPLITS = ("train", "validation", "test")
 @dataclass(frozen=True)
 class Workspace:
     root: Path = field(default_factory=Path.cwd)
+    # Where kind "rm" (the encoder RM's classification rows) is read from: data/rm, or data/rm_pr for
+    # `paradigm: pr` (gapo.train.baselines.paradigm_workspace sets it, so the RM stages need no paradigm branch).
+    rm_data: str = "rm"
 
     # -- data (prepare) ------------------------------------------------------------------
     @property
@@ -22,8 +25,8 @@ class Workspace:
         return self.root / "data"
 
     def jsonl(self, kind: str, split: str) -> Path:
-        """data/<kind>/<split>.jsonl; kind in DATA_KINDS."""
-        return self.data / kind / f"{split}.jsonl"
+        """data/<kind>/<split>.jsonl; kind in DATA_KINDS, where kind "rm" means data/<rm_data>/."""
+        return self.data / (self.rm_data if kind == "rm" else kind) / f"{split}.jsonl"
 
     def hf_dataset(self, kind: str) -> Path:
         """data/hf/<kind>: a DatasetDict saved with save_to_disk."""

@@ -17,13 +17,13 @@ from gapo.config import Params
 from gapo.paths import Workspace
 
 
-def prepare(params: Params, ws: Workspace, **_: Any) -> None:
+def prepare(params: Params, ws: Workspace, **_: Any) -> None:  # noqa: ARG001 (PREFLIGHT's common signature)
     from gapo.data.loaders import load_user_data
 
     load_user_data(params.data.user, params.seed, params.data.validation_fraction)
 
 
-def models(params: Params, ws: Workspace, **_: Any) -> None:
+def models(params: Params, ws: Workspace, **_: Any) -> None:  # noqa: ARG001 (PREFLIGHT's common signature)
     from gapo.models.materialize import check_sources
 
     check_sources(params)

@@ -14,6 +14,15 @@ from gapo.config import Params, render_params_yaml
 from gapo.paths import Workspace
 
 
+# The pipeline, in order: what `dvc repro` runs (dvc.yaml lists the same names; tests/orchestration/test_dvc_yaml.py
+# checks it), the Prefect flow's tasks (adversarial as one task per round), and the stages that write the workspace
+# and so take its lock (gapo.cli). `config`, `compare` and `lineage` are commands around the pipeline, not stages of it.
+PIPELINE: tuple[str, ...] = ("prepare", "models", "sft", "rm_warmup", "adversarial", "evaluate", "register")
+ROUNDS_STAGE = "adversarial"  # the stage the flow splits into `gapo adversarial --round k` tasks
+# the stages whose recipe runs on every rank of a torchrun / deepspeed job when deepspeed.launcher asks for one
+LAUNCHABLE: tuple[str, ...] = ("sft", "rm_warmup", "adversarial")
+
+
 @dataclass
 class StageSpec:
     fn: Callable[..., Any]
@@ -29,7 +38,7 @@ class StageSpec:
         return out
 
 
-def config(params: Params, ws: Workspace, write: str | None = None) -> None:
+def config(params: Params, ws: Workspace, write: str | None = None) -> None:  # noqa: ARG001 (every stage's signature)
     """Print (or write) the fully merged, validated params: how a profile becomes a params.yaml."""
     text = render_params_yaml(params)
     if write:
@@ -63,17 +72,23 @@ def models(params: Params, ws: Workspace) -> dict:
 
 
 def sft(params: Params, ws: Workspace) -> dict:
-    from gapo.train.sft import run_sft_stage
+    from gapo.train.engine import maybe_relaunch
+    from gapo.train.sft import run_sft
 
-    return run_sft_stage(params, ws)
+    # deepspeed.launcher torchrun / deepspeed: this same `gapo sft` on every rank of a launched job, rank 0's result
+    launched = maybe_relaunch(["sft"], params, ws)
+    return launched if launched is not None else run_sft(params, ws)
 
 
 def rm_warmup(params: Params, ws: Workspace) -> dict:
     from gapo.train.baselines import paradigm_workspace
-    from gapo.train.reward import run_rm_warmup_stage
+    from gapo.train.engine import maybe_relaunch
+    from gapo.train.reward import run_rm_warmup
 
     # paradigm pr: the encoder RM warms up on the preferential-response pairs (gapo.train.baselines)
-    return run_rm_warmup_stage(params, paradigm_workspace(params, ws))
+    ws = paradigm_workspace(params, ws)
+    launched = maybe_relaunch(["rm_warmup"], params, ws)  # as in `sft`
+    return launched if launched is not None else run_rm_warmup(params, ws)
 
 
 def method_params(params: Params) -> Params:
@@ -85,14 +100,17 @@ def method_params(params: Params) -> Params:
 
 
 def adversarial(params: Params, ws: Workspace, round: int | None = None) -> dict:  # noqa: A002 (the CLI flag)
-    from gapo.train.adversarial import run_adversarial_stage
+    from gapo.train.adversarial import run_adversarial
     from gapo.train.baselines import check_baseline_stage, is_baseline, paradigm_workspace, run_baseline_stage
+    from gapo.train.engine import maybe_relaunch
 
     ws, params = paradigm_workspace(params, ws), method_params(params)
     if is_baseline(params):  # method sft / ppo (decoder RM) / dpo / kto / orpo / simpo: docs/baselines.md
         check_baseline_stage(params, round)
         return run_baseline_stage(params, ws)
-    return run_adversarial_stage(params, ws, round)
+    # as in `sft`; `--round k` travels to the launched ranks (the Prefect flow runs one launched job per round)
+    launched = maybe_relaunch(["adversarial"] + (["--round", str(round)] if round is not None else []), params, ws)
+    return launched if launched is not None else run_adversarial(params, ws, round)
 
 
 def compare(params: Params, ws: Workspace, collect_only: bool = False) -> dict:

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     for case in cases:
         try:
             r = measure(*case)
-        except Exception as exc:  # keep measuring the other cases
+        except Exception as exc:  # noqa: BLE001 - keep measuring the other cases
             r = {"model": case[1].name, "kind": case[0], "checkpointing": case[4], "error": repr(exc)[:300]}
         rows.append(r)
         print(json.dumps(r), flush=True)

@@ -87,7 +87,7 @@ def _short_repr(v: Any, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _check_kwarg(iid: str, name: str, value: Any, where: str) -> None:
+def _check_kwarg(name: str, value: Any, where: str) -> None:
     expected = C.KWARG_TYPES[name]
     if expected is int:
         if not _is_int(value):
@@ -161,7 +161,7 @@ def validate_constraints(ids: Any, kwargs: Any, ids_field: str, kwargs_field: st
             if name not in allowed:
                 raise RecordError(f"{where}.{name}", f"not an argument of {iid} (expected: "
                                                      f"{', '.join(allowed) if allowed else 'no arguments'})")
-            _check_kwarg(iid, name, kw[name], f"{where}.{name}")
+            _check_kwarg(name, kw[name], f"{where}.{name}")
         missing = [a for a in allowed if a not in kw]
         if missing:
             raise RecordError(where, f"missing argument(s) {', '.join(missing)} for {iid} "

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from gapo.config import Params, dump_params
+from gapo.config import Params
 from gapo.errors import GapoError
 from gapo.paths import Workspace
 
@@ -218,9 +218,9 @@ def render_markdown(tables: dict, meta: Optional[dict] = None) -> str:
 # ============================================================================================ figure
 def plot_compare(tables: dict, out_path: str | os.PathLike) -> Path:
     """Grouped bars: overall metric per method, one bar per paradigm, t-interval error bars."""
-    from gapo.eval.plots import _pyplot, _save
+    from gapo.eval.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     paradigms = list(tables["main"])
     methods = sorted({m for rows in tables["main"].values() for m in rows}, key=_method_key)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(methods) + 2), 4.5))
@@ -238,7 +238,7 @@ def plot_compare(tables: dict, out_path: str | os.PathLike) -> Path:
     ax.set_title(f"Method comparison (mean, {int(round(tables['confidence'] * 100))}% CI over seeds)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 # ============================================================================================ DVC orchestration

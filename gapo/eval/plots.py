@@ -66,7 +66,7 @@ def read_curve_csv(path: str | os.PathLike, required: Sequence[str]) -> dict[str
     return cols
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -75,14 +75,14 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out_path: str | os.PathLike) -> Path:
+def save_figure(fig, out_path: str | os.PathLike) -> Path:
     from gapo.io import atomic_file
 
     out_path = Path(out_path)
     with atomic_file(out_path, "wb") as fh:
         # no Software/date metadata: byte-stable output for DVC
         fig.savefig(fh, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return out_path
 
 
@@ -104,7 +104,7 @@ def _line(ax, x: list[float], y: list[float], label: str, **kw) -> bool:
 def plot_adversarial(csv_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """Four panels over rounds: RM accuracy/AUC on fakes, fool and verifier pass rates, reward vs hack_gap, KL/entropy."""
     c = read_curve_csv(csv_path, ADVERSARIAL_COLUMNS)
-    plt = _pyplot()
+    plt = pyplot()
     r = c["round"]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     ax = axes[0, 0]
@@ -145,7 +145,7 @@ def plot_adversarial(csv_path: str | os.PathLike, out_path: str | os.PathLike) -
         title += " (round 0 = SFT policy and warm-up RM)"
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def _moving_average(y: list[float], window: int) -> list[float]:
@@ -165,7 +165,7 @@ def plot_losses(curves: Mapping[str, str | os.PathLike], out_path: str | os.Path
     if not curves:
         raise ValueError("no loss curves given")
     data = {name: read_curve_csv(path, LOSS_COLUMNS) for name, path in curves.items()}
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(data), figsize=(5.5 * len(data), 4), squeeze=False)
     for ax, (name, c) in zip(axes[0], data.items()):
         steps, loss = c["step"], c["loss"]
@@ -179,7 +179,7 @@ def plot_losses(curves: Mapping[str, str | os.PathLike], out_path: str | os.Path
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def _p(value) -> str:
@@ -194,13 +194,13 @@ def plot_paired(vs_sft: Mapping | None, out_path: str | os.PathLike, note: str =
     final − SFT per instruction id. Without a block (`vs_sft` None) the figure says why (`note`), so the DVC
     output always exists.
     """
-    plt = _pyplot()
+    plt = pyplot()
     if not vs_sft:
         fig, ax = plt.subplots(figsize=(7, 2.2))
         ax.axis("off")
         ax.text(0.5, 0.5, f"No paired final-vs-SFT comparison:\n{note or 'not run'}", ha="center", va="center",
                 fontsize=11, wrap=True)
-        return _save(fig, out_path)
+        return save_figure(fig, out_path)
     by_id = vs_sft.get("by_instruction") or {}
     ids = sorted(by_id, key=lambda k: (by_id[k]["delta_inst_level_strict_acc"], k))
     height = max(4.8, 0.3 * len(ids) + 1.8)
@@ -251,7 +251,7 @@ def plot_paired(vs_sft: Mapping | None, out_path: str | os.PathLike, note: str =
                  f"{ps['final']:.3f} vs {ps['sft']:.3f}, {100 * ps['delta']:+.1f} points "
                  f"[{100 * ps['ci95_low']:+.1f}, {100 * ps['ci95_high']:+.1f}], McNemar p = {_p(ps.get('p_mcnemar'))}")
     fig.tight_layout()
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def make_report_plots(ws, evaluate_metrics: Mapping | None = None) -> list[Path]:

@@ -5,7 +5,8 @@ API
   `values[:, t]` estimates the value of the prefix `input_ids[:, :t+1]` (policy token ids, left padding allowed).
   It is an `nn.Module`: wrap it with `gapo.train.engine.build_train_engine` like any model.
 - `build_critic(params, policy_dir, reward_dir, policy_tokenizer)` -> Critic   per `models.critic_init`
-- `save_critic(critic_or_engine, out_dir)` (collective under ZeRO-3) / `load_critic(dir, params, policy_tokenizer)`
+- `load_critic(dir, params, policy_tokenizer)`; gapo.train.engine.save_critic writes that dir (collective under
+  ZeRO-3: saving is the training engine's business, and a building block does not import the trainers)
 - `TokenBridge(policy_tokenizer, encoder_tokenizer, max_length)`: policy ids -> encoder ids + index map
 
 `critic_init=policy` (default): the policy's decoder (`AutoModel` of the SFT checkpoint) + a new head. Same
@@ -113,7 +114,7 @@ class Critic(nn.Module):
         self.backbone.gradient_checkpointing_enable(**kwargs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from gapo.train.sampler import position_ids_from_mask
+        from gapo.models.prompting import position_ids_from_mask
 
         if self.init == "policy":
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
@@ -136,7 +137,7 @@ def _load_backbone(path, params, causal: bool):
 
     from transformers import AutoModel
 
-    from gapo.models.loading import _dtype, quiet_transformers
+    from gapo.models.loading import quiet_transformers, torch_dtype
 
     from transformers.utils import logging as hf_logging
 
@@ -148,7 +149,7 @@ def _load_backbone(path, params, causal: bool):
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore")
-            return AutoModel.from_pretrained(path, dtype=_dtype(params.models), local_files_only=True,
+            return AutoModel.from_pretrained(path, dtype=torch_dtype(params.models), local_files_only=True,
                                              trust_remote_code=params.models.trust_remote_code,
                                              use_safetensors=None if params.models.allow_pickle else True, **kwargs)
     finally:
@@ -174,33 +175,6 @@ def build_critic(params, policy_dir, reward_dir, policy_tokenizer) -> Critic:
     etok = load_tokenizer(path, params.models, "critic (reward init)")
     max_len = min(getattr(backbone.config, "max_position_embeddings", 512), params.reward.max_length * 2)
     return Critic(backbone, "reward", TokenBridge(policy_tokenizer, etok, max_len))
-
-
-def save_critic(critic_or_engine, out_dir) -> Path:
-    """HF dir of the backbone (safetensors) + value_head.safetensors + critic.json (+ encoder tokenizer).
-    Collective under ZeRO-3 (every rank must call); rank 0 writes atomically."""
-    from safetensors.torch import save_file
-
-    from gapo.io import atomic_dir, write_json
-    from gapo.models.loading import quiet_transformers
-    from gapo.train import engine as E
-
-    module = E.unwrap(critic_or_engine)
-    state = E.consolidated_state_dict(critic_or_engine)
-    if E.is_main():
-        quiet_transformers()
-        back = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        head = {k[len("value_head."):]: v.detach().cpu().contiguous() for k, v in state.items()
-                if k.startswith("value_head.")}
-        with atomic_dir(Path(out_dir)) as tmp:
-            module.backbone.save_pretrained(tmp, state_dict=back)
-            save_file(head, str(tmp / HEAD_FILE))
-            info = {"init": module.init, "max_length": module.bridge.max_length if module.bridge else None}
-            write_json(tmp / CRITIC_FILE, info)
-            if module.bridge is not None:
-                module.bridge.etok.save_pretrained(tmp)
-    E.barrier()
-    return Path(out_dir)
 
 
 def load_critic(path, params, policy_tokenizer) -> Critic:

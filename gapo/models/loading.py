@@ -72,7 +72,7 @@ def resolve_model_dir(spec: str | Path, role: str, cfg: Optional[ModelsConfig] =
             target = ptr.get("path") or ptr["source"]
             if ptr["source"] == "builtin:smollm2" and not Path(target).is_dir():
                 # The converted cache lives outside the repo and may have been cleaned: rebuild it (~40 s).
-                from gapo.models.materialize import ensure_smollm2
+                from gapo.models.smollm2 import ensure_smollm2
 
                 ensure_smollm2(Path(target))
             return resolve_model_dir(target, role, cfg, (*_seen, text))
@@ -305,7 +305,7 @@ def check_checkpoint_keys(path: Path, config, role: str, cfg: ModelsConfig) -> N
         _from_pretrained(auto_cls, path, role, cfg, **({"num_labels": 1} if reward else {}))
 
 
-def _load_config(path: Path, role: str, cfg: ModelsConfig):
+def load_config(path: Path, role: str, cfg: ModelsConfig):
     from transformers import AutoConfig
 
     try:
@@ -340,7 +340,7 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _dtype(cfg: ModelsConfig):
+def torch_dtype(cfg: ModelsConfig):
     import torch
 
     return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
@@ -364,7 +364,7 @@ def load_policy(spec: str | Path, cfg: Optional[ModelsConfig] = None, role: str 
     cfg = cfg or ModelsConfig()
     path = resolve_model_dir(spec, role, cfg)
     check_model_dir(path, role, cfg)
-    config = _load_config(path, role, cfg)
+    config = load_config(path, role, cfg)
     if is_encoder_config(config):
         raise ModelError(f"{role} {str(path)!r}: is an encoder ({config.model_type}); the policy must be a causal LM")
     model = _from_pretrained(AutoModelForCausalLM, path, role, cfg)
@@ -382,7 +382,7 @@ def load_reward_model(spec: str | Path, cfg: Optional[ModelsConfig] = None, role
     cfg = cfg or ModelsConfig()
     path = resolve_model_dir(spec, role, cfg)
     check_model_dir(path, role, cfg)
-    config = _load_config(path, role, cfg)
+    config = load_config(path, role, cfg)
     if not is_encoder_config(config):
         raise ModelError(f"{role} {str(path)!r}: is a decoder-only model ({config.model_type}); the reward model must "
                          "be an encoder (BERT, RoBERTa, DeBERTa, Longformer, ModernBERT, MiniLM)")
@@ -451,8 +451,8 @@ def _from_pretrained(auto_cls, path: Path, role: str, cfg: ModelsConfig, **kwarg
         hf_logging.set_verbosity_error()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*newly initialized.*")
-            model, info = auto_cls.from_pretrained(path, dtype=_dtype(cfg), trust_remote_code=cfg.trust_remote_code,
-                                                   local_files_only=True,
+            model, info = auto_cls.from_pretrained(path, dtype=torch_dtype(cfg),
+                                                   trust_remote_code=cfg.trust_remote_code, local_files_only=True,
                                                    use_safetensors=None if cfg.allow_pickle else True,
                                                    ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

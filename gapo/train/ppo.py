@@ -21,26 +21,23 @@ gapo.train.baselines). One iteration on a batch of prompts:
 NaN/inf in a reward, an advantage or a loss raises `NumericalError` naming the round and step: training never
 continues silently on a poisoned batch (OpenRLHF#1120: NaN loss then reward collapse, unnoticed).
 
-`python -m gapo.train.ppo` runs PPO iterations against a fixed RM (checkpoints/sft + checkpoints/rm_warmup) in one
-process or under torchrun/deepspeed: the multi-process smoke test and a quick way to try PPO knobs.
+`run_ppo_smoke(params, ws, iterations)` runs PPO iterations against a fixed RM (checkpoints/sft +
+checkpoints/rm_warmup) in one process or on every rank of a torchrun job: the multi-process smoke test.
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 import random
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
 
 from gapo.config import ConfigError, OptimConfig, Params
-from gapo.errors import NumericalError
 from gapo.runtime import bars_off
-from gapo.train.guards import inject_nan
+from gapo.train.guards import check_finite, inject_nan
 from gapo.train.losses import (build_kl_controller, compute_approx_kl, compute_reward, entropy_from_logits,
                                get_advantages_and_returns, log_probs_from_logits, masked_mean, masked_whiten,
                                penalize_missing_eos, policy_loss, value_loss)
@@ -95,13 +92,6 @@ class Where:
     def __str__(self) -> str:
         head = f"adversarial round {self.round} " if self.round else ""
         return f"{head}{self.stage} step {self.step}"
-
-
-def check_finite(x: torch.Tensor, what: str, where: Where) -> None:
-    x = x.detach()
-    if not torch.isfinite(x).all():
-        bad = x[~torch.isfinite(x)]
-        raise NumericalError(f"{where}: {what} is not finite ({bad.numel()} value(s), e.g. {float(bad.flatten()[0])})")
 
 
 def _module(model):
@@ -624,44 +614,3 @@ def run_ppo_smoke(params: Params, ws, iterations: int = 1) -> dict:
         batch = rows[(it * n) % len(rows):][:n]
         out.append(ppo_iteration(models, rank_share(batch), params, where, seed=params.seed + it))
     return {"iterations": iterations, "steps": where.step, "world_size": E.world_size(), "last": out[-1]}
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m gapo.train.ppo [--profile P] [-S k=v] --workdir W [--iterations N] [--summary S]`, also under
-    `torchrun --nproc_per_node 2 -m gapo.train.ppo ...`."""
-    import json
-    from pathlib import Path
-
-    from gapo.config import load_params
-    from gapo.errors import GapoError
-    from gapo.paths import Workspace
-    from gapo.train.engine import is_main
-
-    ap = argparse.ArgumentParser(prog="python -m gapo.train.ppo")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", default=None)
-    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--workdir", default=".")
-    ap.add_argument("--iterations", type=int, default=1)
-    ap.add_argument("--summary", default=None)
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
-    ns = ap.parse_args(argv)
-    try:
-        p = Path(ns.params)
-        params = load_params(p if p.exists() or ns.params != "params.yaml" else None, ns.overrides, ns.profile)
-        summary = run_ppo_smoke(params, Workspace(Path(ns.workdir).resolve()), ns.iterations)
-    except GapoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if is_main():
-        if ns.summary:
-            from gapo.io import write_json
-
-            write_json(ns.summary, summary)
-        else:
-            print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,8 +19,8 @@ API
 - `rm_keeps_facts(model)` -> bool   the prompt layout (`reward.prompt_facts`) the warm-up stored in the RM's config;
       `rm_logits`/`rm_score`/`evaluate_reward_model` encode with it
 - `freeze_bottom_layers(model, n)` -> trainable parameter count   (`reward.freeze_layers`, warm-up only)
-- `run_rm_warmup(params, ws)` / `run_rm_warmup_stage(params, ws)`   the `rm_warmup` stage
-- `python -m gapo.train.reward --params P --workdir W [--summary S]`   (what the launchers run)
+- `run_rm_warmup(params, ws)`   the `rm_warmup` stage's recipe in this process (`gapo rm_warmup` relaunches first
+      under torchrun/deepspeed if asked: gapo.stages)
 
 Labels follow the paper: the accepted (prompt, response) pair is 1, the same response under a rejected
 (perturbed-constraint) prompt is 0, and in the adversarial rounds generator samples are 0. The head is the
@@ -29,10 +29,8 @@ once, which is the paper's argument for an encoder RM.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import random
-import sys
 import time
 from typing import Optional, Sequence
 
@@ -269,7 +267,7 @@ def _synced_batch_count(n: int) -> int:
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([n], device=E._comm_device())
+    t = torch.tensor([n], device=E.comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 
@@ -279,7 +277,7 @@ def rm_logits(model, tokenizer, prompts: Sequence[str], responses: Sequence[str]
     """`facts=None`: the layout stored in the RM (`rm_keeps_facts`)."""
     import torch
 
-    from gapo.train.engine import _is_zero3
+    from gapo.train.engine import is_zero3
 
     module = getattr(model, "module", model)
     was_training = module.training
@@ -293,7 +291,7 @@ def rm_logits(model, tokenizer, prompts: Sequence[str], responses: Sequence[str]
     out = torch.empty(len(enc), dtype=torch.float32)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n_batches = math.ceil(len(enc) / batch_size)
-    total = _synced_batch_count(n_batches) if _is_zero3(model) else n_batches
+    total = _synced_batch_count(n_batches) if is_zero3(model) else n_batches
     try:
         with torch.no_grad():
             for b in range(total):
@@ -457,51 +455,6 @@ def run_rm_warmup(params: Params, ws: Workspace) -> dict:
         ws.plots.mkdir(parents=True, exist_ok=True)
         with atomic_file(ws.plots / "rm_loss.csv") as fh:
             fh.write("step,loss,lr\n")
-            fh.writelines(f"{s},{l:.6f},{r:.6g}\n" for s, l, r in curve)
+            fh.writelines(f"{s},{loss:.6f},{r:.6g}\n" for s, loss, r in curve)
     E.barrier()
     return {"checkpoint": str(ws.rm_warmup), **metrics}
-
-
-def run_rm_warmup_stage(params: Params, ws: Workspace) -> dict:
-    from gapo.train.engine import maybe_relaunch
-
-    launched = maybe_relaunch("gapo.train.reward", params, ws)
-    return launched if launched is not None else run_rm_warmup(params, ws)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point for `torchrun -m gapo.train.reward` and `deepspeed --module gapo.train.reward`."""
-    import json
-    from pathlib import Path
-
-    from gapo.config import load_params
-    from gapo.errors import GapoError
-    from gapo.train.engine import is_main
-
-    ap = argparse.ArgumentParser(prog="python -m gapo.train.reward")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", default=None)
-    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--workdir", default=".")
-    ap.add_argument("--summary", default=None)
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
-    ns = ap.parse_args(argv)
-    try:
-        p = Path(ns.params)
-        params = load_params(p if p.exists() or ns.params != "params.yaml" else None, ns.overrides, ns.profile)
-        summary = run_rm_warmup(params, Workspace(Path(ns.workdir).resolve()))
-    except GapoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if is_main():
-        if ns.summary:
-            from gapo.io import write_json
-
-            write_json(ns.summary, summary)
-        else:
-            print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

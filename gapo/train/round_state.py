@@ -45,15 +45,9 @@ def input_digest(path: Path) -> str:
         from gapo.errors import DataError
 
         raise DataError(f"{path}: not found (run `gapo prepare`, `gapo sft` and `gapo rm_warmup` first)")
-    h = hashlib.md5()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if f.suffix in (".safetensors", ".jsonl", ".json") or path.is_file():
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
+    from gapo.io import content_hash
+
+    return content_hash(path, names=True, suffixes=(".safetensors", ".jsonl", ".json"))
 
 
 # The code a round's result depends on (the modules this stage runs; sft.py and baselines.py only reach it through

@@ -2,7 +2,6 @@
 
 API
 - `left_pad(prompts, pad_id)` -> (input_ids, attention_mask)        list of id lists -> left-padded tensors
-- `position_ids_from_mask(attention_mask)` -> LongTensor          positions that skip left padding
 - `sample(model, prompts, max_new_tokens, eos_token_id, pad_token_id, *, greedy=False, temperature=1.0,
           top_p=1.0, top_k=0, generator=None, sync_ranks=False)` -> `Samples`
 - `sample_naive(...)`  same arguments and output, no KV cache: full forward each step (benchmarks, tests)
@@ -11,7 +10,7 @@ API
   `action_mask` [B, N] (bool, response tokens up to and including EOS), `prompt_len` P, `response_ids` property.
 - `logits_to_next_token(logits, greedy, temperature, top_p, top_k, generator)` -> LongTensor [B]
 
-Forward passes that score these sequences (PPO log-probs, values) must use `position_ids_from_mask(attention_mask)`
+Forward passes that score these sequences (PPO log-probs, values) must use `gapo.models.prompting.position_ids_from_mask`
 as the sampler does, so a left-padded row gets the same positions as the same prompt unpadded. A row stops at its
 first id in `eos_token_id` (int or list); the loop ends when every row has stopped or after `max_new_tokens`.
 `sync_ranks=True` keeps every rank stepping until all ranks are done (needed under ZeRO-3, where each forward
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
+
+from gapo.models.prompting import position_ids_from_mask
 
 IdList = Sequence[int]
 
@@ -57,12 +58,6 @@ def left_pad(prompts: Sequence[IdList], pad_id: int, device=None) -> tuple[torch
         ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
         mask[i, width - len(p):] = 1
     return ids.to(device), mask.to(device)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0,1,2,... over the real tokens of each row; padding gets 1 (any value works, it is masked)."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 1)
 
 
 def logits_to_next_token(logits: torch.Tensor, greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0,

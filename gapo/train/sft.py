@@ -1,13 +1,12 @@
 """Warm-up SFT of the generator: models/policy + data/sft/train.jsonl -> checkpoints/sft (one readable recipe).
 
 API
-- `run_sft_stage(params, ws)` -> summary   the `sft` stage (relaunches itself under torchrun/deepspeed if asked)
-- `run_sft(params, ws)` -> summary         the recipe in this process (any rank of a launched group)
+- `run_sft(params, ws)` -> summary   the `sft` stage's recipe in this process (any rank of a launched group;
+      `gapo sft` relaunches itself under torchrun/deepspeed first if asked: gapo.stages)
 - `tokenize_sft_rows(rows, tokenizer, max_seq_len)` -> list[(input_ids, labels)]
 - `length_grouped_batches(lengths, batch_size, seed)` -> list[list[int]]
 - `collate_sft(examples, pad_id)` -> dict(input_ids, attention_mask, labels)   right padding
 - `eval_loss(model, examples, batch_size, pad_id)` -> token-weighted mean completion loss
-- `python -m gapo.train.sft --params P --workdir W [--summary S] [--local_rank N]`   (what the launchers run)
 
 Recipe: setup (params, seeds, threads, data, model, DeepSpeed engine) -> train (loop over optimizer updates, each
 `gradient_accumulation_steps` micro-batches; rank r takes every world-th micro-batch of one shared order) -> save
@@ -16,12 +15,9 @@ are labelled -100, the response and its EOS are learned (gapo.models.prompting),
 """
 from __future__ import annotations
 
-import argparse
 import math
 import random
-import sys
 import time
-from typing import Optional
 
 from gapo.config import Params
 from gapo.paths import Workspace
@@ -148,7 +144,7 @@ def run_sft(params: Params, ws: Workspace) -> dict:
     cfg, optim = params.sft, params.sft.optim
     # ---- setup
     rank, world = E.init_distributed()
-    device = runtime.setup(params, seed_offset=0)
+    runtime.setup(params, seed_offset=0)
     train_path, val_path = ws.jsonl("sft", "train"), ws.jsonl("sft", "validation")
     check_sft_inputs(params, ws)
     model, tok = load_policy(ws.policy_base, params.models)
@@ -234,51 +230,6 @@ def run_sft(params: Params, ws: Workspace) -> dict:
         ws.plots.mkdir(parents=True, exist_ok=True)
         with atomic_file(ws.plots / "sft_loss.csv") as fh:
             fh.write("step,loss,lr\n")
-            fh.writelines(f"{s},{l:.6f},{r:.6g}\n" for s, l, r in curve)
+            fh.writelines(f"{s},{loss:.6f},{r:.6g}\n" for s, loss, r in curve)
     E.barrier()
     return {"checkpoint": str(ws.sft), **metrics, "samples": samples}
-
-
-def run_sft_stage(params: Params, ws: Workspace) -> dict:
-    from gapo.train.engine import maybe_relaunch
-
-    launched = maybe_relaunch("gapo.train.sft", params, ws)
-    return launched if launched is not None else run_sft(params, ws)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point for `torchrun -m gapo.train.sft` and `deepspeed --module gapo.train.sft`."""
-    import json
-    from pathlib import Path
-
-    from gapo.config import load_params
-    from gapo.errors import GapoError
-
-    ap = argparse.ArgumentParser(prog="python -m gapo.train.sft")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--profile", default=None)
-    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--workdir", default=".")
-    ap.add_argument("--summary", default=None, help="write the summary JSON here (rank 0)")
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
-    ns = ap.parse_args(argv)
-    try:
-        p = Path(ns.params)
-        params = load_params(p if p.exists() or ns.params != "params.yaml" else None, ns.overrides, ns.profile)
-        summary = run_sft(params, Workspace(Path(ns.workdir).resolve()))
-    except GapoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from gapo.train.engine import is_main
-
-    if ns.summary and is_main():
-        from gapo.io import write_json
-
-        write_json(ns.summary, summary)
-    elif is_main():
-        print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

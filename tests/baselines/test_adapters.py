@@ -1,17 +1,14 @@
 """PP/PR -> method data adapters, the per-side-prompt tokenisation and DPO collator, the paradigm view of data/rm."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "orchestration"))
-from tiny_models import build_policy  # noqa: E402
+from tests.orchestration.tiny_models import build_policy
 
-from gapo.config import ConfigError, load_params  # noqa: E402
-from gapo.errors import DataError  # noqa: E402
-from gapo.train import baselines as B  # noqa: E402
+from gapo.config import ConfigError, load_params
+from gapo.errors import DataError
+from gapo.train import baselines as B
 
 PP = {"key": 7, "chosen_prompt": "Facts\nRequirements:\nUse the word blue.", "response": "A blue mug.",
       "rejected_prompt": "Facts\nRequirements:\nUse the word red.", "chosen_instruction_id_list": ["keywords:existence"],
@@ -106,7 +103,7 @@ def test_paradigm_workspace_maps_rm_to_the_pr_view(tmp_path):
     write_jsonl(ws.jsonl("pr", "train"), [PR])
     assert B.paradigm_workspace(load_params(None, ["paradigm=pp"]), ws) is ws
     view = B.paradigm_workspace(load_params(None, ["paradigm=pr"]), ws)
-    assert view.jsonl("rm", "train") == tmp_path / "data" / "rm_pr" / "train.jsonl"
+    assert view.rm_data == "rm_pr" and view.jsonl("rm", "train") == tmp_path / "data" / "rm_pr" / "train.jsonl"
     assert view.jsonl("pr", "train") == ws.jsonl("pr", "train") and view.root == ws.root
     rows = read_jsonl(view.jsonl("rm", "train"))
     assert [(r["response"], r["label"]) for r in rows] == [("a mug.", 1), ("A Mug.", 0)]

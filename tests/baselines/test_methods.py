@@ -6,18 +6,15 @@ import csv
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from test_ppo import make_gapo_workspace  # noqa: E402
+from tests.train.test_ppo import make_gapo_workspace
 
-from gapo.config import ConfigError, load_params  # noqa: E402
-from gapo.paths import Workspace  # noqa: E402
-from gapo.train import baselines as B  # noqa: E402
+from gapo.config import ConfigError, load_params
+from gapo.paths import Workspace
+from gapo.train import baselines as B
 
 FAST = ("baselines.max_steps=1", "baselines.max_pairs=8", "baselines.optim.micro_batch_size=4",
         "baselines.rm_optim.micro_batch_size=4", "baselines.max_length=192", "adversarial.eval_prompts=2",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from data_helpers import small_params
+from tests.data.data_helpers import small_params
 
 
 @pytest.fixture(scope="session")

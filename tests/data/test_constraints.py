@@ -12,7 +12,7 @@ import pytest
 from gapo.data import constraints as C
 from gapo.data import ifeval_checkers
 
-from data_helpers import records
+from tests.data.data_helpers import records
 
 REPO = Path(__file__).resolve().parents[2]
 

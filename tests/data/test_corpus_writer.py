@@ -8,7 +8,7 @@ from gapo.data import constraints as C
 from gapo.data import writer as W
 from gapo.data.corpus import CATEGORY_BY_NAME, format_prompt, make_product
 
-from data_helpers import records
+from tests.data.data_helpers import records
 
 
 def test_catalogue_size_and_value_rules():

@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from data_helpers import records, small_params
+from tests.data.data_helpers import records, small_params
 
 from gapo.data.prepare import run_prepare
 from gapo.errors import DataError

@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections
 
 import pytest
-from data_helpers import records
+from tests.data.data_helpers import records
 
 from gapo.data import constraints as C
 from gapo.data import schema

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from data_helpers import records, small_params
+from tests.data.data_helpers import records, small_params
 
 from gapo.data.prepare import run_prepare
 from gapo.io import read_json

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 
-from data_helpers import records
+from tests.data.data_helpers import records
 
 from gapo.data import constraints as C
 from gapo.data import splits

@@ -96,11 +96,11 @@ def test_breakdown_per_instruction_and_category(cases, verdicts):
     js = report["by_instruction"]["detectable_format:json_format"]
     assert js["count"] == 3 and js["inst_level_strict_acc"] == pytest.approx(1 / 3) and js["inst_level_loose_acc"] == pytest.approx(2 / 3)
     for cat, cell in report["by_category"].items():
-        hits = [(s, l) for c in cases for i, s, l in zip(c["instruction_id_list"], c["expect_strict"], c["expect_loose"])
+        hits = [(s, lo) for c in cases for i, s, lo in zip(c["instruction_id_list"], c["expect_strict"], c["expect_loose"])
                 if i.split(":")[0] == cat]
         assert cell["count"] == len(hits)
         assert cell["inst_level_strict_acc"] == pytest.approx(sum(s for s, _ in hits) / len(hits))
-        assert cell["inst_level_loose_acc"] == pytest.approx(sum(l for _, l in hits) / len(hits))
+        assert cell["inst_level_loose_acc"] == pytest.approx(sum(lo for _, lo in hits) / len(hits))
     assert set(report["by_category"]) == {i.split(":")[0] for c in cases for i in c["instruction_id_list"]}
     assert sum(c["count"] for c in report["by_instruction"].values()) == report["num_instructions"]
 

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from infra_procs import Proc, clean_env, free_port, http, wait_http_ok  # noqa: E402
+from tests.infra.infra_procs import Proc, clean_env, free_port, http, wait_http_ok
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"

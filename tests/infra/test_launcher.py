@@ -35,12 +35,12 @@ def test_inside_launcher_by_rank_variables_not_only_the_marker(clean_env):
 
 def test_torchrun_command_is_single_node_with_an_explicit_rendezvous():
     ds = DeepSpeedConfig(launcher="torchrun", num_processes=2, master_port=29611)
-    cmd = E.launcher_command("gapo.train.adversarial", ["--round", "2"], ds)
+    cmd = E.launcher_command(["adversarial", "--round", "2"], ds)
     assert {"--nproc_per_node=2", "--nnodes=1", "--master_addr=127.0.0.1", "--master_port=29611"} <= set(cmd)
-    assert cmd[-4:] == ["-m", "gapo.train.adversarial", "--round", "2"]
+    assert cmd[-5:] == ["-m", "gapo.cli", "adversarial", "--round", "2"]  # `gapo adversarial --round 2`
     ds = DeepSpeedConfig(launcher="deepspeed", num_processes=8, hostfile="/mnt/gapo/hostfile")
-    cmd = E.launcher_command("gapo.train.sft", [], ds)
-    assert cmd[cmd.index("--hostfile") + 1] == "/mnt/gapo/hostfile" and cmd[-2:] == ["--module", "gapo.train.sft"]
+    cmd = E.launcher_command(["sft"], ds)
+    assert cmd[cmd.index("--hostfile") + 1] == "/mnt/gapo/hostfile" and cmd[-3:] == ["--module", "gapo.cli", "sft"]
 
 
 def _fake_launcher(calls: list, summary: dict | None, rc: int = 0):
@@ -59,10 +59,11 @@ def test_maybe_relaunch_forwards_args_and_uses_the_workspace_for_scratch(clean_e
     ws = Workspace(tmp_path / "ws")
     calls: list = []
     clean_env.setattr(E.subprocess, "run", _fake_launcher(calls, {"rounds_run": [2]}))
-    out = E.maybe_relaunch("gapo.train.adversarial", params, ws, ["--round", "2"])
+    out = E.maybe_relaunch(["adversarial", "--round", "2"], params, ws)
     assert out == {"rounds_run": [2]}
     (call,) = calls
-    assert call["cmd"][-2:] == ["--round", "2"]
+    # the global flags, then the stage and its flags: `gapo --params P --workdir W --summary S adversarial --round 2`
+    assert call["cmd"][-3:] == ["adversarial", "--round", "2"]
     assert call["cmd"][call["cmd"].index("--workdir") + 1] == str(ws.root.resolve())
     assert call["env"]["GAPO_LAUNCHED"] == "1"
     # the merged params (with the override) went through <workspace>/tmp/, removed afterwards
@@ -70,7 +71,7 @@ def test_maybe_relaunch_forwards_args_and_uses_the_workspace_for_scratch(clean_e
     assert not call["pfile"].parent.exists()
     # a rank that is already launched runs in-process
     clean_env.setenv("LOCAL_RANK", "0")
-    assert E.maybe_relaunch("gapo.train.adversarial", params, ws) is None
+    assert E.maybe_relaunch(["adversarial"], params, ws) is None
     assert len(calls) == 1
 
 
@@ -79,8 +80,8 @@ def test_maybe_relaunch_fails_on_a_failed_launch_or_a_missing_summary(clean_env,
     ws = Workspace(tmp_path)
     clean_env.setattr(E.subprocess, "run", _fake_launcher([], None, rc=1))
     with pytest.raises(GapoError, match="exited with status 1"):
-        E.maybe_relaunch("gapo.train.sft", params, ws)
+        E.maybe_relaunch(["sft"], params, ws)
     clean_env.setattr(E.subprocess, "run", _fake_launcher([], None, rc=0))
     with pytest.raises(GapoError, match="wrote no summary"):
-        E.maybe_relaunch("gapo.train.sft", params, ws)
+        E.maybe_relaunch(["sft"], params, ws)
     assert not list((tmp_path / "tmp").iterdir())   # scratch removed on failure too

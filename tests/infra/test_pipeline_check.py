@@ -42,7 +42,6 @@ def test_reads_the_env_file_servers_sh_writes(tmp_path):
 
 
 def test_the_run_parameters_exist_on_the_flow():
-    sys.path.insert(0, str(REPO))
     from flows.gapo_pipeline import gapo_pipeline
 
     names = set(inspect.signature(gapo_pipeline.fn).parameters)

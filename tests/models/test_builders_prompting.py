@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_assets as ta  # noqa: E402
+from tests.models import tiny_assets as ta
 
-from gapo.config import ArchConfig  # noqa: E402
-from gapo.models import builders, prompting  # noqa: E402
+from gapo.config import ArchConfig
+from gapo.models import builders, prompting
 
 TEXTS = [f"Product: mug {i}\nRequirements:\n- Answer with less than {i + 20} words, café ☕ ok." for i in range(60)]
 
@@ -108,9 +107,8 @@ def test_corpus_texts_needs_data(tmp_path):
 
 
 _TRAIN_IN_A_FRESH_PROCESS = """
-import hashlib, sys
-sys.path.insert(0, sys.argv[1])
-from test_builders_prompting import TEXTS
+import hashlib
+from tests.models.test_builders_prompting import TEXTS
 from gapo.models import builders
 print(hashlib.md5(builders.train_wordpiece_tokenizer(TEXTS, 300).backend_tokenizer.to_str().encode()).hexdigest())
 """
@@ -122,7 +120,7 @@ def test_wordpiece_training_gives_the_same_vocabulary_in_every_process():
     tiny profile is rerun after a kill and must rebuild the same RM)."""
     import subprocess
 
-    digests = {subprocess.run([sys.executable, "-c", _TRAIN_IN_A_FRESH_PROCESS, str(Path(__file__).parent)],
-                              capture_output=True, text=True, check=True, timeout=300).stdout.strip()
+    digests = {subprocess.run([sys.executable, "-c", _TRAIN_IN_A_FRESH_PROCESS],
+                              cwd=Path(__file__).parents[2], capture_output=True, text=True, check=True, timeout=300).stdout.strip()
                for _ in range(4)}
     assert len(digests) == 1, digests

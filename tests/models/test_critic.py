@@ -1,19 +1,18 @@
 """Critic: per-token values over policy ids, for both initialisations; the encoder critic must be causal."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_assets as ta  # noqa: E402
+from tests.models import tiny_assets as ta
 
-from gapo.models.critic import Critic, TokenBridge, build_critic, load_critic, save_critic  # noqa: E402
-from gapo.models.loading import load_tokenizer  # noqa: E402
-from gapo.models.prompting import encode_prompt  # noqa: E402
-from gapo.train.sampler import left_pad  # noqa: E402
+from gapo.models.critic import Critic, TokenBridge, build_critic, load_critic
+from gapo.models.loading import load_tokenizer
+from gapo.models.prompting import encode_prompt
+from gapo.train.engine import save_critic
+from gapo.train.sampler import left_pad
 
 
 @pytest.fixture(scope="module")

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_assets as ta  # noqa: E402
+from tests.models import tiny_assets as ta
 
-from gapo.config import ModelsConfig  # noqa: E402
-from gapo.errors import ModelError  # noqa: E402
-from gapo.models import loading  # noqa: E402
+from gapo.config import ModelsConfig
+from gapo.errors import ModelError
+from gapo.models import loading
 
 
 @pytest.fixture(scope="module")

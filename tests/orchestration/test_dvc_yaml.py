@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, make_repo_copy, run, venv_bin
+from tests.repo_copies import REPO, make_repo_copy, run, venv_bin
+from gapo import stages
 from gapo.config import Params
 
-PIPELINE = ["prepare", "models", "sft", "rm_warmup", "adversarial", "evaluate", "register"]
 # Execution settings, not content: changing them must not retrain anything (`dvc exp run -S` still accepts them).
 # execution settings, and `compare` (it drives `dvc exp run` over the pipeline; it is not a stage of it)
 NOT_CONTENT = {"runtime", "tracking", "compare"}
@@ -43,10 +43,18 @@ def _opts(items, name) -> dict:
     return {}
 
 
+def test_dvc_yaml_stages_are_the_python_pipeline_in_order(dvc_yaml):
+    """gapo.stages.PIPELINE is the one source of the stage list (the CLI's lock, the flow's tasks); dvc.yaml, which
+    cannot import it, restates it and must match, order included."""
+    from gapo.stages import PIPELINE, STAGES
+
+    assert list(dvc_yaml["stages"]) == list(PIPELINE)
+    assert set(PIPELINE) <= set(STAGES)
+
+
 def test_every_stage_is_one_gapo_command(dvc_yaml):
     from gapo.stages import STAGES
 
-    assert list(dvc_yaml["stages"]) == PIPELINE
     for name, spec in dvc_yaml["stages"].items():
         assert spec["cmd"] == f"gapo {name}", "DVC runs the same stage functions as the CLI and the flow"
         assert name in STAGES
@@ -110,7 +118,7 @@ def test_dvc_parses_the_pipeline(tmp_path):
     assert {("prepare", "models"), ("models", "sft"), ("models", "rm_warmup"), ("sft", "adversarial"),
             ("rm_warmup", "adversarial"), ("adversarial", "evaluate"), ("evaluate", "register")} <= edges, out
     status = json.loads(run([venv_bin("dvc"), "status", "--json"], root).stdout)
-    assert set(status) == set(PIPELINE), "a fresh clone has every stage to run"
+    assert set(status) == set(stages.PIPELINE), "a fresh clone has every stage to run"
     remote = subprocess.run([venv_bin("dvc"), "remote", "default", "--project"], cwd=root, capture_output=True,
                             text=True)
     assert remote.stdout.strip() == "local", "the tracked config names a default remote, so a clone can push"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run, venv_bin
+from tests.repo_copies import run, venv_bin
 
-sys.path.insert(0, str(REPO))
-from flows import gapo_pipeline as fp  # noqa: E402
+from flows import gapo_pipeline as fp
+from flows import supervision
 
 
 def test_configure_params_writes_profile_and_overrides(tmp_path):
@@ -38,13 +38,13 @@ def test_run_logged_failure_classes(tmp_path):
         def info(self, msg):
             lines.append(msg)
 
-    fp.run_logged([sys.executable, "-c", "print('hello')"], tmp_path, None, 60, "ok", Log())
+    supervision.run_logged([sys.executable, "-c", "print('hello')"], tmp_path, None, 60, "ok", Log())
     assert lines == ["hello"]
-    with pytest.raises(fp.StageFailed) as crash:
-        fp.run_logged([sys.executable, "-c", "import sys; print('boom'); sys.exit(1)"], tmp_path, None, 60, "crash")
+    with pytest.raises(supervision.StageFailed) as crash:
+        supervision.run_logged([sys.executable, "-c", "import sys; print('boom'); sys.exit(1)"], tmp_path, None, 60, "crash")
     assert crash.value.transient and crash.value.returncode == 1 and "boom" in str(crash.value)
-    with pytest.raises(fp.StageFailed) as user:
-        fp.run_logged([sys.executable, "-c", "import sys; sys.exit(2)"], tmp_path, None, 60, "bad params")
+    with pytest.raises(supervision.StageFailed) as user:
+        supervision.run_logged([sys.executable, "-c", "import sys; sys.exit(2)"], tmp_path, None, 60, "bad params")
     assert not user.value.transient
 
 
@@ -57,8 +57,8 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
         time.sleep(300)
     """)
     t0 = time.time()
-    with pytest.raises(fp.StageFailed, match="timed out") as err:
-        fp.run_logged([sys.executable, "-c", script], tmp_path, None, 3, "sleeper")
+    with pytest.raises(supervision.StageFailed, match="timed out") as err:
+        supervision.run_logged([sys.executable, "-c", script], tmp_path, None, 3, "sleeper")
     assert not err.value.transient and time.time() - t0 < 60
     child = int(pidfile.read_text())
     time.sleep(0.5)
@@ -71,8 +71,8 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
 def test_retry_condition_reads_the_failure_class():
     from prefect.states import Failed
 
-    assert fp.retry_transient(None, None, Failed(data=fp.StageFailed("x", 1, "", transient=True)))
-    assert not fp.retry_transient(None, None, Failed(data=fp.StageFailed("x", 2, "", transient=False)))
+    assert fp.retry_transient(None, None, Failed(data=supervision.StageFailed("x", 1, "", transient=True)))
+    assert not fp.retry_transient(None, None, Failed(data=supervision.StageFailed("x", 2, "", transient=False)))
     assert fp.retry_transient(None, None, Failed(data=OSError("disk hiccup")))
 
 

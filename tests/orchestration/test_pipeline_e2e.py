@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_repo_copy, run, tracked_env, venv_bin
-from fast_pipeline import FAST_PIPELINE as FAST
+from tests.orchestration.fast_pipeline import FAST_PIPELINE as FAST
+from tests.repo_copies import make_repo_copy, run, tracked_env, venv_bin
 
 pytestmark = pytest.mark.slow
 

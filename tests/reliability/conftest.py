@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import rel_helpers  # noqa: E402,F401  (puts tests/orchestration and tests/models on sys.path)
-from fast_pipeline import FAST_PIPELINE  # noqa: E402
-from rel_helpers import (assert_no_survivors, find_stage_process, kill9, make_repo_copy, start,  # noqa: E402
+from tests.orchestration.fast_pipeline import FAST_PIPELINE
+from tests.reliability import rel_helpers
+from tests.reliability.rel_helpers import (assert_no_survivors, find_stage_process, kill9, make_repo_copy, start,
                          tracked_env, venv_bin, wait_for)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory):
     """(policy, reward): a 2-layer Llama and a 2-layer BERT classifier (tests/orchestration/tiny_models)."""
-    from tiny_models import build_policy, build_reward
+    from tests.orchestration.tiny_models import build_policy, build_reward
 
     root = tmp_path_factory.mktemp("rel-models")
     return build_policy(root / "policy"), build_reward(root / "reward")

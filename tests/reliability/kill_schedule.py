@@ -1,7 +1,7 @@
 """Seeded kill -9 schedule (issue 13): kill points drawn over a tiny-profile `dvc repro` and a Prefect flow run.
 
-    python tests/reliability/kill_schedule.py --state /work/logs/kill_schedule --seed 13 --points 100
-    python tests/reliability/kill_schedule.py --state /work/logs/kill_schedule --summary
+    python -m tests.reliability.kill_schedule --state /work/logs/kill_schedule --seed 13 --points 100
+    python -m tests.reliability.kill_schedule --state /work/logs/kill_schedule --summary
 
 Point i runs the pipeline of mode `dvc` (i even: `dvc repro`) or `flow` (i odd: the Prefect flow, ephemeral API) in
 a fresh copy of one template workspace (the tiny profile made smaller, as the fixed kill sequence of
@@ -41,11 +41,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import rel_helpers as H  # noqa: E402
-from fast_pipeline import FAST_PIPELINE  # noqa: E402
-
-from gapo.sweep import TEMP_NAME  # noqa: E402
+from gapo.sweep import TEMP_NAME
+from tests.orchestration.fast_pipeline import FAST_PIPELINE
+from tests.reliability import rel_helpers as H
 
 MODES = ("dvc", "flow")
 # The tiny pipeline of the fixed kill sequence, one torch thread per process (the box has 2 cores and is shared).

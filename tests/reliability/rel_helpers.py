@@ -1,5 +1,5 @@
-"""Shared helpers of the reliability tests (a plain module: conftest files are not importable by name): repo copies (tests/orchestration), tiny models, process-group kills,
-and integrity checks of the DVC cache and the MLflow registry."""
+"""Shared helpers of the reliability tests: repo copies (tests/repo_copies), process-group kills, and integrity
+checks of the DVC cache and the MLflow registry."""
 from __future__ import annotations
 
 import hashlib
@@ -7,31 +7,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-for sub in ("orchestration", "models"):
-    p = str(HERE.parent / sub)
-    if p not in sys.path:
-        sys.path.append(p)
-
-
-
-def _load_orchestration_helpers():
-    """tests/orchestration/conftest.py under its own module name (every conftest is `conftest` on sys.path)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("orchestration_helpers", HERE.parent / "orchestration" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_orch = _load_orchestration_helpers()
-REPO, make_repo_copy, run, tracked_env, venv_bin = (_orch.REPO, _orch.make_repo_copy, _orch.run, _orch.tracked_env,
-                                                    _orch.venv_bin)
+from tests.repo_copies import REPO, make_repo_copy, run, tracked_env, venv_bin  # noqa: F401  (the reliability tests' one import)
 
 
 def start(cmd: list[str], root: Path, env: dict, log: Path) -> subprocess.Popen:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from rel_helpers import dvc_cache_is_intact, make_repo_copy, run, tracked_env, venv_bin
+from tests.reliability.rel_helpers import dvc_cache_is_intact, make_repo_copy, run, tracked_env, venv_bin
 
 GOOD_IFEVAL = {"key": 1, "prompt": "Describe a mug.", "instruction_id_list": ["length_constraints:number_words"],
                "kwargs": [{"num_words": 50, "relation": "less than"}]}
@@ -204,9 +204,8 @@ class Ctx:
 
     def setup_pipeline_ws(self) -> None:
         """data/ (fixture rows) and models/ (tiny models) as the earlier stages would leave them."""
-        import tiny_assets
-
         from gapo.paths import Workspace
+        from tests.models import tiny_assets
 
         ws = Workspace(self.ws)
         tiny_assets.write_fixture_data(ws, n_train=8, n_val=2, n_test=2)

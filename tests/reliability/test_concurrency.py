@@ -10,10 +10,9 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from rel_helpers import run, start, tracked_env, venv_bin
+from tests.reliability.rel_helpers import run, start, tracked_env, venv_bin
 
 from gapo.errors import GapoError
 from gapo.io import workspace_lock

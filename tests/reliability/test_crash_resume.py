@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from rel_helpers import SECRETS, dvc_cache_is_intact, file_md5, grep_tree, run, tracked_env, venv_bin
+from tests.reliability.rel_helpers import SECRETS, dvc_cache_is_intact, file_md5, grep_tree, run, tracked_env, venv_bin
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def test_registry_holds_only_complete_models(crashed):
         for mv in client.search_model_versions(f"name='{name}'"):
             assert mv.status == "READY", f"{name} v{mv.version}: {mv.status}"
     mlflow.set_tracking_uri(uri)
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/gapo-policy@champion", tracking_uri=uri))
+    local = Path(mlflow.artifacts.download_artifacts("models:/gapo-policy@champion", tracking_uri=uri))
     weights = list(local.rglob("*.safetensors"))
     assert (local / "MLmodel").is_file() and weights
     for w in weights:

@@ -82,7 +82,7 @@ def self_pointer(ctx) -> list[str]:
 
 def weights(kind: str):
     def build(ctx):
-        from test_strict_weights import _variant
+        from tests.reliability.test_strict_weights import _variant
 
         policy, reward = ctx.models
         bad = _variant(policy, ctx.inp / kind, kind)

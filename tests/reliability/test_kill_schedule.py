@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-import kill_schedule as KS
+from tests.reliability import kill_schedule as KS
 import pytest
 
 SEED = int(os.environ.get("GAPO_KILL_SCHEDULE_SEED", "20261206"))

@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-from rel_helpers import tracked_env, wait_for
+from tests.reliability.rel_helpers import tracked_env, wait_for
 
 GAPO = str(Path(sys.executable).parent / "gapo")
 SMALL_PREPARE = ["-S", "data.num_products=5", "-S", "data.test_prompts=3", "-S", "data.workers=1"]

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from test_ppo import build_models, make_gapo_workspace  # noqa: E402
+from tests.train.test_ppo import build_models, make_gapo_workspace
 
-from gapo.errors import NumericalError  # noqa: E402
-from gapo.train import guards  # noqa: E402
+from gapo.errors import NumericalError
+from gapo.train import guards
 
 SMALL = ("adversarial.prompts_per_round=4", "adversarial.eval_prompts=2", "ppo.rollout_batch_size=4",
          "ppo.micro_rollout_batch_size=4", "ppo.train_batch_size=4", "ppo.micro_train_batch_size=4",
@@ -122,8 +120,8 @@ def test_prefect_task_fails_with_the_message_and_is_not_retried(ws_params, tmp_p
     root = tmp_path / "ws"
     shutil.copytree(src.root, root, ignore=shutil.ignore_patterns("rounds", "final", "metrics"))
     (root / "params.yaml").write_text(render_params_yaml(params))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "flows"))
-    import gapo_pipeline as gp
+    from flows import gapo_pipeline as gp
+    from flows.supervision import StageFailed
 
     @flow(name="nan-round")
     def one_round(root_s: str):
@@ -133,7 +131,7 @@ def test_prefect_task_fails_with_the_message_and_is_not_retried(ws_params, tmp_p
 
     state = one_round(str(root), return_state=True)
     assert state.is_failed()
-    with pytest.raises(gp.StageFailed) as err:
+    with pytest.raises(StageFailed) as err:
         state.result()
     msg = str(err.value)
     assert "gapo adversarial --round 1 failed (exit 2)" in msg

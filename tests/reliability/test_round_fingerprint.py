@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from rel_helpers import REPO
+from tests.reliability.rel_helpers import REPO
 
 from gapo.config import Params, load_params
 

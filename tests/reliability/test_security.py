@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import rel_helpers
-from rel_helpers import REPO
+from tests.reliability import rel_helpers
+from tests.reliability.rel_helpers import REPO
 
 from gapo.config import ModelsConfig, load_params
 from gapo.errors import ModelError

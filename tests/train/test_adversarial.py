@@ -6,17 +6,15 @@ import csv
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_ppo import make_gapo_workspace  # noqa: E402
+from tests.train.test_ppo import make_gapo_workspace
 
-from gapo.config import ConfigError  # noqa: E402
-from gapo.train import adversarial as A  # noqa: E402
+from gapo.config import ConfigError
+from gapo.train import adversarial as A
 
 
 def md5(path: Path) -> str:

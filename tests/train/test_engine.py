@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-import tiny_assets as ta  # noqa: E402
+from tests.models import tiny_assets as ta
 
-from gapo.config import DeepSpeedConfig, OptimConfig  # noqa: E402
-from gapo.train import engine as E  # noqa: E402
+from gapo.config import DeepSpeedConfig, OptimConfig
+from gapo.train import engine as E
 
 
 def _tiny_lm(seed=0):
@@ -173,11 +170,11 @@ def test_inference_engine_is_frozen_and_matches(stage):
 
 def test_launcher_commands_and_env(monkeypatch):
     ds = DeepSpeedConfig(launcher="torchrun", num_processes=2, master_port=29611)
-    cmd = E.launcher_command("gapo.train.sft", ["--workdir", "w"], ds)
-    assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"] and cmd[-3:] == ["gapo.train.sft",
-                                                                                             "--workdir", "w"]
+    cmd = E.launcher_command(["--workdir", "w", "sft"], ds)
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+    assert cmd[-4:] == ["gapo.cli", "--workdir", "w", "sft"]
     ds = DeepSpeedConfig(launcher="deepspeed", num_processes=2)
-    assert "--module" in E.launcher_command("gapo.train.sft", [], ds)
+    assert "--module" in E.launcher_command(["sft"], ds)
     E.init_distributed()
     env = E.launcher_env()
     if E._SET_BY_US in __import__("os").environ:  # we set the 1-process rendezvous: children must not inherit it

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_ppo import make_gapo_workspace  # noqa: E402
+from tests.train.test_ppo import make_gapo_workspace
 
 LORA_GROUP = ("models.lora.enabled=true", "ppo.advantage_estimator=group", "ppo.n_samples_per_prompt=2",
               "ppo.rollout_batch_size=4", "ppo.micro_rollout_batch_size=8")

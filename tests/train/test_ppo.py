@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-import tiny_assets as ta  # noqa: E402
+from tests.models import tiny_assets as ta
 
-from gapo.errors import NumericalError  # noqa: E402
-from gapo.io import read_jsonl  # noqa: E402
+from gapo.errors import NumericalError
+from gapo.io import read_jsonl
 
 
 def make_gapo_workspace(root: Path, *overrides: str):
@@ -193,21 +192,39 @@ def test_batch_sizes_are_checked():
         check_batch_sizes(ta.tiny_params(), 3)
 
 
+# What each rank runs: one PPO iteration against the fixed warm-up RM (ppo.run_ppo_smoke), rank 0 writes the summary.
+PPO_SMOKE = """
+import sys
+from pathlib import Path
+
+from gapo.config import load_params
+from gapo.io import write_json
+from gapo.paths import Workspace
+from gapo.train.engine import is_main
+from gapo.train.ppo import run_ppo_smoke
+
+params = load_params(None, ["runtime.threads=1"], "tiny")
+summary = run_ppo_smoke(params, Workspace(Path(sys.argv[1]).resolve()), 1)
+if is_main():
+    write_json(sys.argv[2], summary)
+"""
+
+
 @pytest.mark.slow
 def test_two_process_torchrun_ppo_step(tiny, tmp_path):
-    """`torchrun --nproc_per_node 2 -m gapo.train.ppo`: 2 ranks (gloo on CPU), 4 prompts each, one PPO step with
+    """`torchrun --nproc_per_node 2` of one PPO iteration: 2 ranks (gloo on CPU), 4 prompts each, one PPO step with
     gradients all-reduced by DeepSpeed and advantages whitened over both ranks."""
     from gapo.train.engine import launcher_env
 
     ws, _ = tiny
-    summary = tmp_path / "summary.json"
+    summary, script = tmp_path / "summary.json", tmp_path / "ppo_smoke.py"
+    script.write_text(PPO_SMOKE)
     env = launcher_env()
     for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE"):
         env.pop(k, None)
     env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29600 + os.getpid() % 300), "-m", "gapo.train.ppo", "--profile", "tiny", "--workdir", str(ws.root),
-           "-S", "runtime.threads=1", "--summary", str(summary)]
+           str(29600 + os.getpid() % 300), str(script), str(ws.root), str(summary)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(summary.read_text())

@@ -5,15 +5,13 @@ import itertools
 import json
 import random
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-import tiny_assets as ta  # noqa: E402
+from tests.models import tiny_assets as ta
 
-from gapo.train import reward as R  # noqa: E402
+from gapo.train import reward as R
 
 
 def _brute_auc(scores, labels):

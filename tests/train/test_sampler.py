@@ -1,18 +1,16 @@
 """The KV-cached sampler: parity with HF generate (greedy), with the uncached reference, and its masks."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-import tiny_assets as ta  # noqa: E402
+from tests.models import tiny_assets as ta
 
-from gapo.models.loading import load_policy  # noqa: E402
-from gapo.models.prompting import encode_prompt  # noqa: E402
-from gapo.train.sampler import (left_pad, logits_to_next_token, position_ids_from_mask, sample,  # noqa: E402
+from gapo.models.loading import load_policy
+from gapo.models.prompting import encode_prompt
+from gapo.models.prompting import position_ids_from_mask
+from gapo.train.sampler import (left_pad, logits_to_next_token, sample,
                                 sample_naive)
 
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-import tiny_assets as ta  # noqa: E402
+from tests.models import tiny_assets as ta
 
-from gapo.models.loading import load_policy, load_reward_model  # noqa: E402
-from gapo.train import sft  # noqa: E402
+from gapo.models.loading import load_policy, load_reward_model
+from gapo.train import sft
 
 
 @pytest.fixture(scope="module")
