@@ -27,6 +27,12 @@ def setup(params: Params, seed_offset: int = 0) -> "torch.device":  # noqa: F821
 def device(params: Params) -> "torch.device":  # noqa: F821
     import torch
 
+    if params.runtime.device == "cuda" and not torch.cuda.is_available():
+        # The engines follow torch.cuda.is_available(), so going on would train on the CPU under a GPU profile.
+        from gapo.config import ConfigError
+
+        raise ConfigError("runtime.device=cuda but torch sees no CUDA device (check nvidia-smi and the torch build); "
+                          "use runtime.device=auto or cpu")
     if params.runtime.device == "cuda" or (params.runtime.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")

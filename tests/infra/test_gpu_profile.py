@@ -83,3 +83,19 @@ def test_gpu_profile_stages_start_on_cpu_with_tiny_models(tmp_path):
     cfg = json.loads((ws.sft / "config.json").read_text())
     assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
     assert list(ws.sft.glob("*.safetensors")) and not list(ws.sft.glob("*.bin"))
+
+
+def test_runtime_device_cuda_without_a_gpu_is_a_config_error(monkeypatch):
+    # The engines place models by torch.cuda.is_available(), so an explicit `cuda` on a machine without one would
+    # quietly train on the CPU; it must stop with a one-line config error instead (auto still falls back).
+    import pytest
+    import torch
+
+    from gapo import runtime
+    from gapo.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="runtime.device=cuda"):
+        runtime.device(load_params(None, ["runtime.device=cuda"]))
+    assert runtime.device(load_params(None, ["runtime.device=auto"])).type == "cpu"
+    assert load_params(None, [], "gpu").runtime.device == "cuda"  # the gpu profile refuses to fall back to CPU

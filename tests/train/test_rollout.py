@@ -1,17 +1,12 @@
 """gapo.train.rollout: sample-and-decode and the one definition of "this row stopped"."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-import tiny_assets as ta  # noqa: E402
-
-from gapo.train.rollout import Generations, Sampling, sample_and_decode  # noqa: E402
-from gapo.train.sampler import Samples  # noqa: E402
+from gapo.train.rollout import Generations, Sampling, sample_and_decode
+from gapo.train.sampler import Samples
+from tests.models import tiny_assets as ta
 
 
 def generations(responses: list[list[int]], lengths: list[int], stops=(2,)) -> Generations:
