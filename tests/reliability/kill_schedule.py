@@ -1,7 +1,7 @@
 """Seeded kill -9 schedule (issue 13): kill points drawn over a tiny-profile `dvc repro` and a Prefect flow run.
 
-    python -m tests.reliability.kill_schedule --state /work/logs/kill_schedule --seed 13 --points 100
-    python -m tests.reliability.kill_schedule --state /work/logs/kill_schedule --summary
+    python -m tests.reliability.kill_schedule --state ~/gapo-kill-schedule --seed 13 --points 100
+    python -m tests.reliability.kill_schedule --state ~/gapo-kill-schedule --summary
 
 Point i runs the pipeline of mode `dvc` (i even: `dvc repro`) or `flow` (i odd: the Prefect flow, ephemeral API) in
 a fresh copy of one template workspace (the tiny profile made smaller, as the fixed kill sequence of
