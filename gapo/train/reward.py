@@ -53,18 +53,49 @@ def load_rm_rows(path, limit: int = 0, seed: int = 0) -> list[dict]:
         if r.get("label") not in (0, 1, True, False):
             raise DataError(f"{path} line {i}: field 'label' must be 0 or 1, got {r.get('label')!r}")
     if limit and len(rows) > limit:
-        groups: dict[str, list[dict]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(str(r.get("key", i)), []).append(r)
-        keys = sorted(groups)
-        random.Random(seed).shuffle(keys)
-        picked: list[dict] = []
-        for k in keys:
-            if len(picked) >= limit:
-                break
-            picked.extend(groups[k])
-        rows = picked
+        rows = take_by_key(rows, limit, seed)
     return rows
+
+
+def take_by_key(rows: Sequence[dict], n: int, seed: int) -> list[dict]:
+    """At least `n` rows (0: none) as whole key groups (a pair's two rows stay together), in a seeded key order."""
+    groups: dict[str, list[dict]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(str(r.get("key", i)), []).append(r)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    picked: list[dict] = []
+    for k in keys:
+        if len(picked) >= n:
+            break
+        picked.extend(groups[k])
+    return picked
+
+
+def mix_by_key(pp: Sequence[dict], pr: Sequence[dict], total: int, pr_fraction: float, seed: int) -> list[dict]:
+    """`total` warm-up rows (0: as many as `pp` holds), a `pr_fraction` share of them from `pr`, both sampled as
+    whole pairs. PR keys are prefixed so that a PR pair never shares a micro-batch group with the PP pair of the
+    same response."""
+    total = total or len(pp)
+    n_pr = round(total * pr_fraction)
+    pr = [dict(r, key=f"pr:{r.get('key', i)}") for i, r in enumerate(pr)]
+    return take_by_key(pp, total - n_pr, seed) + take_by_key(pr, n_pr, seed)
+
+
+def warmup_rows(params: Params, ws: Workspace) -> list[dict]:
+    """The warm-up's training rows: preferential-prompt pairs (data/rm), with `reward.pr_fraction` of them from the
+    preferential-response pairs of data/pr. PPO's group advantages use only the RM's ordering of answers to one
+    prompt, which PR pairs teach directly and PP pairs do not (docs/method.md, "The RM ranks prompts, not answers")."""
+    from gapo.io import read_jsonl
+
+    cfg = params.reward
+    if cfg.pr_fraction == 0 or ws.rm_data != "rm":  # paradigm pr: data/rm_pr holds PR pairs already
+        return load_rm_rows(ws.jsonl("rm", "train"), cfg.warmup_examples, seed=params.seed)
+    from gapo.train.baselines import preference_pairs, rm_rows
+
+    pp = load_rm_rows(ws.jsonl("rm", "train"))
+    pr = rm_rows(preference_pairs(read_jsonl(ws.jsonl("pr", "train")), "pr"))
+    return mix_by_key(pp, pr, cfg.warmup_examples, cfg.pr_fraction, params.seed)
 
 
 def _encode_rows(rows: Sequence[dict], tokenizer, max_length: int, facts: bool = True) -> list[Encoded]:
@@ -411,12 +442,18 @@ def check_rm_warmup_inputs(params: Params, ws: Workspace) -> None:
 
     paths = (ws.jsonl("rm", "train"), ws.jsonl("rm", "validation")) if params.reward.eval_examples else \
         (ws.jsonl("rm", "train"),)
-    for p in paths:
+    pr_path = ws.jsonl("pr", "train") if params.reward.pr_fraction and ws.rm_data == "rm" else None
+    for p in (*paths, *([pr_path] if pr_path else [])):
         if not p.exists():
             raise DataError(f"{p}: not found (run `gapo prepare` first)")
     check_model_dir(resolve_model_dir(ws.reward_base, "reward", params.models), "reward", params.models)
     for p in paths:
         load_rm_rows(p)
+    if pr_path:
+        from gapo.io import read_jsonl
+        from gapo.train.baselines import preference_pairs
+
+        preference_pairs(read_jsonl(pr_path), "pr")  # a row without prompt / chosen / rejected: one DataError line
 
 
 def run_rm_warmup(params: Params, ws: Workspace) -> dict:
@@ -428,10 +465,10 @@ def run_rm_warmup(params: Params, ws: Workspace) -> dict:
     cfg = params.reward
     rank, world = E.init_distributed()
     runtime.setup(params, seed_offset=1)
-    train_path, val_path = ws.jsonl("rm", "train"), ws.jsonl("rm", "validation")
+    val_path = ws.jsonl("rm", "validation")
     check_rm_warmup_inputs(params, ws)
     model, tok = load_reward_model(ws.reward_base, params.models)
-    train = load_rm_rows(train_path, cfg.warmup_examples, seed=params.seed)
+    train = warmup_rows(params, ws)
     # eval_examples = 0 skips validation (as in SFT); rows are sampled by key, so pairs stay whole.
     val = load_rm_rows(val_path, cfg.eval_examples, seed=params.seed) if cfg.eval_examples else []
     # No "before" evaluation: a fresh 1-logit head scores ~0.5 AUC by construction, and on MiniLM the extra pass

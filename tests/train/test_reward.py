@@ -215,3 +215,37 @@ def test_prompt_facts_drop_and_freeze_travel_with_the_checkpoint(fixture_ws, tmp
     assert R.rm_keeps_facts(fresh)  # absent = keep (every checkpoint made before the knob)
     with pytest.raises(ConfigError, match="freeze_layers"):
         R.freeze_bottom_layers(fresh, 99)
+
+
+def test_mix_by_key_takes_the_pr_share_as_whole_pairs_with_their_own_keys():
+    pp = [{"key": k, "prompt": f"p{k}{s}", "response": "r", "label": y} for k in range(10) for s, y in (("a", 1), ("b", 0))]
+    pr = [{"key": k, "prompt": "p", "response": f"r{k}{s}", "label": y} for k in range(10) for s, y in (("a", 1), ("b", 0))]
+    rows = R.mix_by_key(pp, pr, 8, 0.5, seed=3)
+    from_pr = [r for r in rows if str(r["key"]).startswith("pr:")]
+    assert len(rows) == 8 and len(from_pr) == 4
+    # whole pairs on both sides: every key appears exactly twice, once per label
+    for part in (from_pr, [r for r in rows if r not in from_pr]):
+        keys = [r["key"] for r in part]
+        assert all(keys.count(k) == 2 for k in keys)
+        assert sorted(r["label"] for r in part) == [0, 0, 1, 1]
+    assert R.mix_by_key(pp, pr, 8, 0.5, seed=3) == rows  # seeded
+    assert not any(str(r["key"]).startswith("pr:") for r in R.mix_by_key(pp, pr, 8, 0.0, seed=3))
+    assert len(R.mix_by_key(pp, pr, 0, 0.5, seed=3)) == 20  # 0 = as many rows as the PP set holds
+    assert all(str(r["key"]).startswith("pr:") for r in R.mix_by_key(pp, pr, 6, 1.0, seed=3))
+
+
+def test_warmup_rows_reads_data_pr_only_when_asked(tmp_path):
+    from gapo.config import load_params
+    from gapo.io import write_jsonl
+    from gapo.paths import Workspace
+
+    ws = Workspace(tmp_path)
+    write_jsonl(ws.jsonl("rm", "train"), [{"key": k, "prompt": "p", "response": "r", "label": y}
+                                          for k in range(4) for y in (1, 0)])
+    write_jsonl(ws.jsonl("pr", "train"), [{"key": k, "prompt": "p", "chosen": "good", "rejected": "bad"}
+                                          for k in range(4)])
+    pp_only = R.warmup_rows(load_params(None, ["reward.warmup_examples=4"]), ws)
+    assert len(pp_only) == 4 and not any(str(r["key"]).startswith("pr:") for r in pp_only)
+    mixed = R.warmup_rows(load_params(None, ["reward.warmup_examples=4", "reward.pr_fraction=0.5"]), ws)
+    pr = [r for r in mixed if str(r["key"]).startswith("pr:")]
+    assert len(mixed) == 4 and sorted((r["response"], r["label"]) for r in pr) == [("bad", 0), ("good", 1)]
