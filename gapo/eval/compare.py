@@ -87,50 +87,42 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
 
 
 # ============================================================================================ tables (pure)
+def _dict_nodes(doc: Any):
+    """Every dict in a `dvc exp show --json` document, depth first in document order (DVC 3 nests experiments
+    under commits, and the nesting differs between versions)."""
+    if isinstance(doc, dict):
+        yield doc
+        children = doc.values()
+    elif isinstance(doc, list):
+        children = doc
+    else:
+        return
+    for v in children:
+        if isinstance(v, (dict, list)):
+            yield from _dict_nodes(v)
+
+
 def records_from_exp_show(doc: Any) -> list[dict]:
     """`dvc exp show --json` -> [{name, rev, params (params.yaml), metrics (metrics/evaluate.json)}] for every
     experiment (and the workspace / baseline commits) that has both. Tolerant of DVC 3's nesting."""
     out: list[dict] = []
-
-    def visit(node: Any) -> None:
-        if isinstance(node, dict):
-            data = node.get("data")
-            if isinstance(data, dict) and "params" in data:
-                params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-                metrics = ((data.get("metrics") or {}).get("metrics/evaluate.json") or {}).get("data") or {}
-                if params and metrics:
-                    out.append({"name": node.get("name") or data.get("name"), "rev": node.get("rev") or data.get("rev"),
-                                "params": params, "metrics": metrics})
-            for v in node.values():
-                if isinstance(v, (dict, list)):
-                    visit(v)
-        elif isinstance(node, list):
-            for v in node:
-                visit(v)
-
-    visit(doc)
+    for node in _dict_nodes(doc):
+        data = node.get("data")
+        if isinstance(data, dict) and "params" in data:
+            params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+            metrics = ((data.get("metrics") or {}).get("metrics/evaluate.json") or {}).get("data") or {}
+            if params and metrics:
+                out.append({"name": node.get("name") or data.get("name"), "rev": node.get("rev") or data.get("rev"),
+                            "params": params, "metrics": metrics})
     return out
 
 
 def pending_from_exp_show(doc: Any) -> set[str]:
     """Names of the experiments DVC's queue holds as queued or running (`executor.state` in `dvc exp show --json`):
     they have no metrics yet, and queueing one of them again would run it twice."""
-    out: set[str] = set()
-
-    def visit(node: Any) -> None:
-        if isinstance(node, dict):
-            executor = node.get("executor")
-            if isinstance(executor, dict) and executor.get("state") in ("queued", "running") and node.get("name"):
-                out.add(str(node["name"]))
-            for v in node.values():
-                if isinstance(v, (dict, list)):
-                    visit(v)
-        elif isinstance(node, list):
-            for v in node:
-                visit(v)
-
-    visit(doc)
-    return out
+    return {str(node["name"]) for node in _dict_nodes(doc)
+            if isinstance(node.get("executor"), dict) and node["executor"].get("state") in ("queued", "running")
+            and node.get("name")}
 
 
 def _method_key(m: str) -> tuple:
