@@ -25,7 +25,7 @@ metrics then describe the same model for all of them); the PPO baseline's decode
 checkpoints/final/reward_decoder and its pairwise accuracy is in metrics/adversarial.json.
 
 API
-- `preference_pairs(rows, paradigm)` / `unpaired_rows(pairs)` / `rm_rows(pairs)`   pure data adapters
+- pair views of the data (`preference_pairs`, `unpaired_rows`, `rm_rows`, `sample_pairs`): gapo.data.preferences
 - `encode_pair(pair, tokenizer, max_length)` -> {prompt_ids, chosen_ids, rejected_prompt_ids, rejected_ids}
 - `paradigm_workspace(params, ws)` -> Workspace whose data/rm is the chosen paradigm's classification view
 - `is_baseline(params)`; `run_baseline(params, ws)` / `run_baseline_stage(params, ws)`
@@ -41,67 +41,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gapo.config import ConfigError, Params
+from gapo.data.preferences import preference_pairs, rm_rows, sample_pairs, unpaired_rows
 from gapo.errors import DataError
 from gapo.paths import Workspace
 from gapo.runtime import bars_off
 
 TRL_METHODS = ("dpo", "kto", "orpo", "simpo")
 BASELINES = ("sft", "ppo", *TRL_METHODS)
-
-
-# ============================================================================================ data adapters (pure)
-def preference_pairs(rows: Sequence[dict], paradigm: str) -> list[dict]:
-    """data/pp or data/pr rows -> pairs {key, prompt_chosen, prompt_rejected, chosen, rejected, ...constraints}.
-
-    Constraints kept are the CHOSEN side's (what a correct answer must satisfy)."""
-    out = []
-    for i, r in enumerate(rows):
-        if paradigm == "pp":
-            try:
-                out.append({"key": r.get("key", i), "prompt_chosen": r["chosen_prompt"],
-                            "prompt_rejected": r["rejected_prompt"], "chosen": r["response"],
-                            "rejected": r["response"], "instruction_id_list": r.get("chosen_instruction_id_list"),
-                            "kwargs": r.get("chosen_kwargs")})
-            except KeyError as exc:
-                raise DataError(f"preferential-prompt row {i + 1}: missing field {exc.args[0]!r}") from None
-        elif paradigm == "pr":
-            try:
-                out.append({"key": r.get("key", i), "prompt_chosen": r["prompt"], "prompt_rejected": r["prompt"],
-                            "chosen": r["chosen"], "rejected": r["rejected"],
-                            "instruction_id_list": r.get("instruction_id_list"), "kwargs": r.get("kwargs")})
-            except KeyError as exc:
-                raise DataError(f"preferential-response row {i + 1}: missing field {exc.args[0]!r}") from None
-        else:
-            raise ConfigError(f"paradigm {paradigm!r}: expected pp or pr")
-    return out
-
-
-def unpaired_rows(pairs: Sequence[dict]) -> list[dict]:
-    """KTO's unpaired view: (prompt_chosen, chosen, desirable) and (prompt_rejected, rejected, undesirable)."""
-    out = []
-    for p in pairs:
-        out.append({"key": p["key"], "prompt": p["prompt_chosen"], "completion": p["chosen"], "label": True})
-        out.append({"key": p["key"], "prompt": p["prompt_rejected"], "completion": p["rejected"], "label": False})
-    return out
-
-
-def rm_rows(pairs: Sequence[dict]) -> list[dict]:
-    """The classification view (data/rm schema: key, prompt, response, label) of any pairs: GAPO's encoder RM
-    trained on PR pairs reads (prompt, chosen) -> 1, (prompt, rejected) -> 0."""
-    out = []
-    for p in pairs:
-        extra = {"instruction_id_list": p.get("instruction_id_list"), "kwargs": p.get("kwargs")}
-        out.append({"key": p["key"], "prompt": p["prompt_chosen"], "response": p["chosen"], "label": 1, **extra})
-        out.append({"key": p["key"], "prompt": p["prompt_rejected"], "response": p["rejected"], "label": 0, **extra})
-    return out
-
-
-def sample_pairs(pairs: list[dict], limit: int, seed: int) -> list[dict]:
-    if not limit or len(pairs) <= limit:
-        return list(pairs)
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    return [pairs[i] for i in sorted(order[:limit])]
 
 
 def encode_pair(pair: dict, tokenizer, max_length: int) -> dict:

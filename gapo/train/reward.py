@@ -91,7 +91,7 @@ def warmup_rows(params: Params, ws: Workspace) -> list[dict]:
     cfg = params.reward
     if cfg.pr_fraction == 0 or ws.rm_data != "rm":  # paradigm pr: data/rm_pr holds PR pairs already
         return load_rm_rows(ws.jsonl("rm", "train"), cfg.warmup_examples, seed=params.seed)
-    from gapo.train.baselines import preference_pairs, rm_rows
+    from gapo.data.preferences import preference_pairs, rm_rows
 
     pp = load_rm_rows(ws.jsonl("rm", "train"))
     pr = rm_rows(preference_pairs(read_jsonl(ws.jsonl("pr", "train")), "pr"))
@@ -451,7 +451,7 @@ def check_rm_warmup_inputs(params: Params, ws: Workspace) -> None:
         load_rm_rows(p)
     if pr_path:
         from gapo.io import read_jsonl
-        from gapo.train.baselines import preference_pairs
+        from gapo.data.preferences import preference_pairs
 
         preference_pairs(read_jsonl(pr_path), "pr")  # a row without prompt / chosen / rejected: one DataError line
 

@@ -8,6 +8,7 @@ from tests.orchestration.tiny_models import build_policy
 
 from gapo.config import ConfigError, load_params
 from gapo.errors import DataError
+from gapo.data import preferences as P
 from gapo.train import baselines as B
 
 PP = {"key": 7, "chosen_prompt": "Facts\nRequirements:\nUse the word blue.", "response": "A blue mug.",
@@ -18,40 +19,40 @@ PR = {"key": 9, "prompt": "Facts\nRequirements:\nAnswer in lowercase.", "chosen"
 
 
 def test_pp_pairs_keep_the_response_and_vary_the_prompt():
-    (p,) = B.preference_pairs([PP], "pp")
+    (p,) = P.preference_pairs([PP], "pp")
     assert p["prompt_chosen"] == PP["chosen_prompt"] and p["prompt_rejected"] == PP["rejected_prompt"]
     assert p["chosen"] == p["rejected"] == PP["response"]
     assert p["key"] == 7 and p["instruction_id_list"] == ["keywords:existence"]
 
 
 def test_pr_pairs_share_the_prompt():
-    (p,) = B.preference_pairs([PR], "pr")
+    (p,) = P.preference_pairs([PR], "pr")
     assert p["prompt_chosen"] == p["prompt_rejected"] == PR["prompt"]
     assert (p["chosen"], p["rejected"]) == ("a mug.", "A Mug.")
 
 
 def test_bad_rows_and_paradigm_are_one_line_errors():
     with pytest.raises(DataError, match="preferential-prompt row 1: missing field 'rejected_prompt'"):
-        B.preference_pairs([{k: v for k, v in PP.items() if k != "rejected_prompt"}], "pp")
+        P.preference_pairs([{k: v for k, v in PP.items() if k != "rejected_prompt"}], "pp")
     with pytest.raises(ConfigError, match="paradigm 'xx'"):
-        B.preference_pairs([PR], "xx")
+        P.preference_pairs([PR], "xx")
 
 
 def test_kto_and_rm_views_label_each_side():
-    pairs = B.preference_pairs([PP], "pp") + B.preference_pairs([PR], "pr")
-    kto = B.unpaired_rows(pairs)
+    pairs = P.preference_pairs([PP], "pp") + P.preference_pairs([PR], "pr")
+    kto = P.unpaired_rows(pairs)
     assert [(r["prompt"], r["completion"], r["label"]) for r in kto[:2]] == [
         (PP["chosen_prompt"], PP["response"], True), (PP["rejected_prompt"], PP["response"], False)]
     assert [(r["completion"], r["label"]) for r in kto[2:]] == [("a mug.", True), ("A Mug.", False)]
-    rm = B.rm_rows(pairs)
+    rm = P.rm_rows(pairs)
     assert [r["label"] for r in rm] == [1, 0, 1, 0] and rm[3]["response"] == "A Mug." and rm[2]["key"] == 9
 
 
 def test_sample_pairs_is_seeded_and_bounded():
     pairs = [{"key": i} for i in range(50)]
-    a, b = B.sample_pairs(pairs, 10, 3), B.sample_pairs(pairs, 10, 3)
-    assert a == b and len(a) == 10 and a != B.sample_pairs(pairs, 10, 4)
-    assert B.sample_pairs(pairs, 0, 3) == pairs
+    a, b = P.sample_pairs(pairs, 10, 3), P.sample_pairs(pairs, 10, 3)
+    assert a == b and len(a) == 10 and a != P.sample_pairs(pairs, 10, 4)
+    assert P.sample_pairs(pairs, 0, 3) == pairs
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def tok(tmp_path_factory):
 def test_encode_pair_uses_the_sft_convention_per_side(tok):
     from gapo.models.prompting import encode_prompt, encode_response
 
-    (p,) = B.preference_pairs([PP], "pp")
+    (p,) = P.preference_pairs([PP], "pp")
     enc = B.encode_pair(p, tok, 256)
     assert enc["prompt_ids"] == encode_prompt(PP["chosen_prompt"], tok)
     assert enc["rejected_prompt_ids"] == encode_prompt(PP["rejected_prompt"], tok)
@@ -74,7 +75,7 @@ def test_encode_pair_uses_the_sft_convention_per_side(tok):
 
 
 def test_per_side_collator_masks_only_responses(tok):
-    (p,) = B.preference_pairs([PP], "pp")
+    (p,) = P.preference_pairs([PP], "pp")
     enc = B.encode_pair(p, tok, 256)
     batch = B._per_side_collator(tok.pad_token_id)([enc])
     ids, comp, attn = batch["input_ids"], batch["completion_mask"], batch["attention_mask"]
