@@ -244,7 +244,7 @@ def test_warmup_rows_reads_data_pr_only_when_asked(tmp_path):
                                           for k in range(4) for y in (1, 0)])
     write_jsonl(ws.jsonl("pr", "train"), [{"key": k, "prompt": "p", "chosen": "good", "rejected": "bad"}
                                           for k in range(4)])
-    pp_only = R.warmup_rows(load_params(None, ["reward.warmup_examples=4"]), ws)
+    pp_only = R.warmup_rows(load_params(None, ["reward.warmup_examples=4", "reward.pr_fraction=0"]), ws)
     assert len(pp_only) == 4 and not any(str(r["key"]).startswith("pr:") for r in pp_only)
     mixed = R.warmup_rows(load_params(None, ["reward.warmup_examples=4", "reward.pr_fraction=0.5"]), ws)
     pr = [r for r in mixed if str(r["key"]).startswith("pr:")]
