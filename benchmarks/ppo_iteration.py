@@ -64,7 +64,7 @@ def build_trl(params, ws: Path, rows, iters: int, tmp: Path):
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     from gapo.models.loading import load_policy
-    from gapo.train.ppo import encode_prompts
+    from gapo.train.rollout import encode_prompts
 
     ppo = params.ppo
     policy, tok = load_policy(ws / "models" / "policy", params.models)

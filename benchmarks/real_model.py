@@ -52,7 +52,7 @@ def decode(ns) -> dict:
     from gapo.io import read_jsonl
     from gapo.models.loading import load_policy
     from gapo.models.prompting import pad_token_id, stop_token_ids
-    from gapo.train.ppo import encode_prompts
+    from gapo.train.rollout import encode_prompts
     from gapo.train import sampler
     from gapo.train.sampler import bf16_decoder, left_pad, sample
 

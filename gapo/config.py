@@ -222,12 +222,12 @@ class RewardConfig(Section):
     warmup_epochs: float = Field(1.0, gt=0)
     warmup_examples: int = Field(3000, ge=0, description="0 = all classification rows; 3000 with 3 frozen layers ~ 4 "
                                                          "CPU-minutes (docs/method.md, \"RM training\")")
-    pr_fraction: float = Field(0.5, ge=0, le=1, description="share of the warm-up rows taken from preferential-"
+    pr_fraction: float = Field(0.0, ge=0, le=1, description="share of the warm-up rows taken from preferential-"
                                                             "response pairs (data/pr: the prompt with its reference "
                                                             "-> 1, with a broken answer -> 0); 0 = the paper's PP-only "
-                                                            "warm-up; 0.5 ranks the policy's own answers to one prompt "
-                                                            "better, which is all group advantages use (docs/method.md, "
-                                                            "\"The RM ranks prompts, not answers\")")
+                                                            "warm-up. 0.5 ranks the SFT policy's answers to one prompt "
+                                                            "better, yet cost 6.3 points on the default run "
+                                                            "(docs/method.md, \"The RM ranks prompts, not answers\")")
     max_length: int = Field(192, gt=8, description="RM window; facts are cut first, never the requirements")
     prompt_facts: Literal["keep", "drop"] = Field(
         "drop", description="what of the prompt the RM sees: keep = product facts + Requirements block (facts cut "
