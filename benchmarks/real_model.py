@@ -3,8 +3,7 @@
     python benchmarks/real_model.py decode [--batch 32] [--new 128] [--threads 2] [--repeats 2] [--policy DIR]
     python benchmarks/real_model.py ppo [--threads 2] [--repeats 2] [--policy DIR] [-S key=value ...]
 
-`decode`: rollout tokens/s of our sampler (gapo.train.sampler.sample: static KV cache, finished rows dropped, fused
-q/k/v and gate/up projections; also without the fusion) vs HF
+`decode`: rollout tokens/s of our sampler (gapo.train.sampler.sample: static KV cache, finished rows dropped) vs HF
 `generate` with the same bf16 weights, threads, prompts (data/ifeval/train, PPO's prompt format), sampling knobs
 (temperature 1) and stop ids; tokens = response tokens up to and including EOS. `--policy` should be an SFT
 checkpoint: the untrained model rarely stops, and stopping is where the lengths differ.
@@ -53,7 +52,6 @@ def decode(ns) -> dict:
     from gapo.models.loading import load_policy
     from gapo.models.prompting import pad_token_id, stop_token_ids
     from gapo.train.rollout import encode_prompts
-    from gapo.train import sampler
     from gapo.train.sampler import bf16_decoder, left_pad, sample
 
     ws = workspace()
@@ -85,24 +83,14 @@ def decode(ns) -> dict:
         s = sample(model, prompts, ns.new, stops, pad, generator=torch.Generator().manual_seed(next(seed)))
         return float(s.action_mask.sum())
 
-    def ours_unfused() -> float:  # q/k/v and gate/up as separate matmuls (the path before the fusion)
-        sampler.FUSE_PROJECTIONS = False
-        try:
-            return ours()
-        finally:
-            sampler.FUSE_PROJECTIONS = True
-
     def hf() -> float:
         torch.manual_seed(next(seed))
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
         return float(response_tokens(out[:, ids.size(1):]))
 
-    res = common.interleaved({"ours": ours, "ours_unfused": ours_unfused, "hf_generate": hf}, repeats=ns.repeats,
-                             warmup=False)
-    return {"settings": public_settings(ns), "results": res,
-            "ratio_ours_over_hf": common.ratio(res, "ours", "hf_generate"),
-            "ratio_fused_over_unfused": common.ratio(res, "ours", "ours_unfused")}
+    res = common.interleaved({"ours": ours, "hf_generate": hf}, repeats=ns.repeats, warmup=False)
+    return {"settings": public_settings(ns), "results": res, "ratio_ours_over_hf": common.ratio(res, "ours", "hf_generate")}
 
 
 def ppo(ns) -> dict:

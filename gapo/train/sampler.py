@@ -149,34 +149,6 @@ def _finish(prompt_ids, prompt_mask, tokens: list[torch.Tensor], alive_steps: li
                    action_mask=act, prompt_len=P)
 
 
-@dataclass(frozen=True)
-class _FusedProjections:
-    qkv: torch.Tensor
-    qkv_bias: Optional[torch.Tensor]
-    qkv_sizes: tuple[int, int, int]
-    gate_up: torch.Tensor
-    gate_up_bias: Optional[torch.Tensor]
-
-
-def _fuse_projections(layer) -> Optional[_FusedProjections]:
-    """One weight for q/k/v and one for gate/up, concatenated once per `sample` call: a decode step multiplies a
-    few rows by each weight, so 7 small matmuls per layer cost more in per-call overhead than 4 (docs/benchmarks.md).
-    Only plain nn.Linear layers are fused (a LoRA-wrapped projection keeps its own forward)."""
-    attn, mlp = layer.self_attn, layer.mlp
-    qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
-    gate_up = (getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None))
-    plain = all(type(m) is torch.nn.Linear for m in (*qkv, *gate_up)) and hasattr(mlp, "act_fn")
-    if not plain or len({m.bias is None for m in qkv}) > 1 or len({m.bias is None for m in gate_up}) > 1:
-        return None
-
-    def cat(mods, attr):
-        parts = [getattr(m, attr) for m in mods]
-        return None if parts[0] is None else torch.cat([p.detach() for p in parts])
-
-    return _FusedProjections(cat(qkv, "weight"), cat(qkv, "bias"), tuple(m.out_features for m in qkv),
-                             cat(gate_up, "weight"), cat(gate_up, "bias"))
-
-
 class _StaticLlamaDecoder:
     """Decode steps of a Llama-family causal LM with a preallocated (static) KV cache and a mask built once.
 
@@ -209,7 +181,6 @@ class _StaticLlamaDecoder:
             vb[:, :, :P] = v
             self.k.append(kb)
             self.v.append(vb)
-        self.fused = [_fuse_projections(layer) if FUSE_PROJECTIONS else None for layer in self.layers]
 
     def keep(self, idx: torch.Tensor) -> None:
         """Drop finished rows: keep rows `idx` (of the current batch) in the K/V buffers and the mask. A step then
@@ -250,14 +221,9 @@ class _StaticLlamaDecoder:
             attn = layer.self_attn
             hd = attn.head_dim
             x = layer.input_layernorm(h)
-            fused = self.fused[i]
-            if fused is None:
-                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-            else:
-                q, k, v = F.linear(x, fused.qkv, fused.qkv_bias).split(fused.qkv_sizes, dim=-1)
-            q = q.view(B, 1, -1, hd).transpose(1, 2)
-            k = k.view(B, 1, -1, hd).transpose(1, 2)
-            v = v.view(B, 1, -1, hd).transpose(1, 2)
+            q = attn.q_proj(x).view(B, 1, -1, hd).transpose(1, 2)
+            k = attn.k_proj(x).view(B, 1, -1, hd).transpose(1, 2)
+            v = attn.v_proj(x).view(B, 1, -1, hd).transpose(1, 2)
             q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             self.k[i][:, :, t: t + 1] = k
             self.v[i][:, :, t: t + 1] = v
@@ -268,12 +234,7 @@ class _StaticLlamaDecoder:
             q = q.reshape(B, K.size(1), -1, hd)
             o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=attn.scaling)
             h = h + attn.o_proj(o.reshape(B, 1, -1))
-            x = layer.post_attention_layernorm(h)
-            if fused is None:
-                h = h + layer.mlp(x)
-            else:
-                gate, up = F.linear(x, fused.gate_up, fused.gate_up_bias).chunk(2, dim=-1)
-                h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
         return self.module.lm_head(self.inner.norm(h))[:, -1, :]
 
 
@@ -307,8 +268,6 @@ def bf16_decoder(model, state: Optional[dict] = None, into=None):
 
 # Set False to force HF's forward + DynamicCache in `sample` (benchmarks/rollout.py measures both).
 STATIC_CACHE = True
-# Set False to run the static path's projections one by one (benchmarks/real_model.py decode measures both).
-FUSE_PROJECTIONS = True
 
 
 @torch.no_grad()

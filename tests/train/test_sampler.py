@@ -178,35 +178,3 @@ def test_inverse_cdf_draw_never_picks_zero_mass_and_matches_frequencies():
     assert ((freq - probs[0]).abs() <= 4 * sigma + 1e-9).all()
     # Unnormalised rows (any non-negative weights) work as torch.multinomial's do.
     assert set(_sample_categorical(torch.tensor([[0.0, 0.0, 7.0]]), g).tolist()) == {2}
-
-
-def test_fused_projections_match_separate_ones_and_skip_lora(lm):
-    """The static path's fused q/k/v and gate/up matmuls give the separate projections' logits (float32: to
-    rounding) and the same greedy tokens; a LoRA-wrapped projection is left to its own forward."""
-    import gapo.train.sampler as S
-    from gapo.config import load_params
-    from gapo.models.adapters import add_lora
-
-    model, tok, prompts = lm
-    ids, mask = left_pad(prompts, tok.pad_token_id)
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True)
-    pos = mask.sum(-1, keepdim=True)
-    nxt = out.logits[:, -1].argmax(-1)
-    logits = {}
-    for flag in (True, False):
-        S.FUSE_PROJECTIONS = flag
-        try:
-            dec = S._StaticLlamaDecoder(model, out.past_key_values, mask, 4)
-            assert all((f is not None) == flag for f in dec.fused)
-            with torch.no_grad():
-                logits[flag] = dec.step(nxt, pos, ids.size(1))
-        finally:
-            S.FUSE_PROJECTIONS = True
-    torch.testing.assert_close(logits[True], logits[False], rtol=1e-5, atol=1e-5)
-    assert not torch.equal(logits[True], torch.zeros_like(logits[True]))
-
-    import copy
-
-    lora = add_lora(copy.deepcopy(model), load_params(None, []).models.lora)  # in place: not the shared fixture
-    assert all(S._fuse_projections(layer) is None for layer in lora.model.layers)
