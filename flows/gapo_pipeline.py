@@ -16,7 +16,9 @@ Parameters override params.yaml (`overrides=["ppo.init_kl_coef=0.05"]`, the synt
 `profile="tiny"`): they are written into params.yaml first, as `dvc exp run -S` does, so dvc.lock records them.
 
 Each run opens one MLflow parent run (stage and round runs nest under it) and publishes Prefect artifacts: a
-table per round, a progress bar, and a markdown summary linking the MLflow run and the registered versions.
+table per round, a progress bar, and a markdown summary linking the MLflow run and the registered versions. The
+run's end (parent run closed, summary published) is a state hook, flows/pipeline_run.py; running a command and
+killing it: flows/supervision.py.
 
     python flows/gapo_pipeline.py --profile tiny -S adversarial.rounds=2      # run here (ephemeral Prefect)
     prefect deployment run 'gapo-pipeline/local' --param profile=tiny       # via a deployment (docs/running.md)
@@ -31,23 +33,21 @@ import os
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Optional  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import gapo  # noqa: E402,F401  (offline / no-telemetry environment)
 from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import (  # noqa: E402
-    create_link_artifact, create_markdown_artifact, create_progress_artifact, create_table_artifact,
-    update_progress_artifact)
+from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
+from flows.pipeline_run import PipelineRun, backfill_lineage, close_pipeline_run, read_round_rows  # noqa: E402
 from flows.supervision import StageFailed, dvc_exe, gapo_exe, run_logged  # noqa: E402
 from gapo.stages import PIPELINE, ROUNDS_STAGE  # noqa: E402
 
@@ -107,16 +107,6 @@ def configure_params(root: Path, profile: str | None, overrides: list[str]) -> b
     return True
 
 
-def read_round_rows(root: Path) -> list[dict[str, Any]]:
-    import csv
-
-    path = root / "plots" / "adversarial.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 # -- tasks ---------------------------------------------------------------------------------------------------------
 TASK_RETRIES = dict(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=20), retry_jitter_factor=0.3,
                     retry_condition_fn=retry_transient)
@@ -131,24 +121,30 @@ def configure(root: str, profile: Optional[str], overrides: list[str]) -> dict:
     return {"params_changed": changed, "rounds": params.adversarial.rounds, "method": params.method}
 
 
+def step_result(root: Path, stage: str, status: str, t0: float | None) -> dict:
+    """What a stage step returns (and the summary lists): small, so Prefect can persist it as the cached result."""
+    return {"stage": stage, "status": status, "seconds": 0.0 if t0 is None else round(time.time() - t0, 1),
+            "lock": lock_hash(root, stage)}
+
+
 @task(name="stage", cache_key_fn=dvc_cache_key, persist_result=True, **TASK_RETRIES)
 def run_stage(stage: str, root: str, env: dict[str, str], timeout_s: float) -> dict:
     """One DVC stage: skip if up to date, else `gapo <stage>` + `dvc commit -f <stage>`."""
     log, rootp, t0 = get_run_logger(), Path(root), time.time()
     if not dvc_status(rootp, stage):
         log.info(f"{stage}: up to date (dvc status), skipped")
-        return {"stage": stage, "status": "skipped", "seconds": 0.0, "lock": lock_hash(rootp, stage)}
+        return step_result(rootp, stage, "skipped", None)
     run_logged([gapo_exe(), stage], rootp, env, timeout_s, f"gapo {stage}", log)
     commit(rootp, stage, env, log)
-    return {"stage": stage, "status": "ran", "seconds": round(time.time() - t0, 1), "lock": lock_hash(rootp, stage)}
+    return step_result(rootp, stage, "ran", t0)
 
 
 @task(name="round", cache_policy=NO_CACHE, **TASK_RETRIES)
 def run_round(k: int, root: str, env: dict[str, str], timeout_s: float) -> dict:
     """Adversarial round k: RM step on fresh policy samples, then the PO (PPO) step; resumes a partial round."""
     log, rootp, t0 = get_run_logger(), Path(root), time.time()
-    run_logged([gapo_exe(), "adversarial", "--round", str(k)], rootp, env, timeout_s, f"gapo adversarial --round {k}",
-               log)
+    run_logged([gapo_exe(), ROUNDS_STAGE, "--round", str(k)], rootp, env, timeout_s,
+               f"gapo {ROUNDS_STAGE} --round {k}", log)
     rows = [r for r in read_round_rows(rootp) if str(r.get("round")) == str(k)]
     if rows:
         create_table_artifact(key=f"gapo-round-{k:03d}", table=rows,
@@ -162,10 +158,9 @@ def finalize_adversarial(root: str, env: dict[str, str], timeout_s: float, run_s
     adversarial.rounds = 0 there is no round task, so the stage command itself writes final (the SFT policy)."""
     log, rootp, t0 = get_run_logger(), Path(root), time.time()
     if run_stage_cmd:
-        run_logged([gapo_exe(), "adversarial"], rootp, env, timeout_s, "gapo adversarial", log)
-    commit(rootp, "adversarial", env, log)
-    return {"stage": "adversarial", "status": "ran", "seconds": round(time.time() - t0, 1),
-            "lock": lock_hash(rootp, "adversarial")}
+        run_logged([gapo_exe(), ROUNDS_STAGE], rootp, env, timeout_s, f"gapo {ROUNDS_STAGE}", log)
+    commit(rootp, ROUNDS_STAGE, env, log)
+    return step_result(rootp, ROUNDS_STAGE, "ran", t0)
 
 
 @task(name="dvc", cache_policy=NO_CACHE, **TASK_RETRIES)
@@ -178,210 +173,55 @@ def dvc_transfer(root: str, verb: str, timeout_s: float) -> None:
 def commit(root: Path, stage: str, env: dict[str, str], log) -> None:
     """Record the stage in dvc.lock and the cache, as `dvc repro` does, then tag its MLflow run with it."""
     run_logged([dvc_exe(), "commit", "-f", stage], root, None, 1800, f"dvc commit {stage}", log)
-    _backfill_mlflow(root, env.get("GAPO_MLFLOW_PARENT_RUN_ID"))
-
-
-def _backfill_mlflow(root: Path, parent: str | None) -> None:
-    if not parent:
-        return
-    try:
-        import mlflow
-
-        from gapo.tracking.lineage import backfill_self_hashes
-
-        backfill_self_hashes(mlflow.MlflowClient(), parent, root)
-    except Exception as exc:  # noqa: BLE001
-        from gapo.redaction import redact_text
-
-        print(redact_text(f"gapo.tracking: warning: lineage backfill failed: {exc}"), file=sys.stderr)
-
-
-# -- MLflow parent run ---------------------------------------------------------------------------------------------
-def open_parent_run(root: Path, flow_run_id: str, flow_run_name: str, deployment: str | None) -> dict[str, str]:
-    import mlflow
-    from mlflow.entities import Param
-
-    from gapo.config import load_params
-    from gapo.tracking import backend, lineage
-    from gapo.tracking.runs import flat_params
-
-    params = load_params(root / "params.yaml")
-    exp_id = backend.configure(params, root)
-    client = mlflow.MlflowClient()
-    run = client.create_run(exp_id, run_name=f"gapo-pipeline {flow_run_name}", tags={
-        "gapo.role": "pipeline", "gapo.trigger": "prefect", "gapo.pipeline_key": f"prefect:{flow_run_id}",
-        "gapo.workspace": str(root), "prefect.flow_run_id": flow_run_id, "prefect.flow_run_name": flow_run_name,
-        **({"prefect.deployment": deployment} if deployment else {}), **lineage.git_info(root)})
-    items = list(flat_params(params).items())
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
-    uri = mlflow.get_tracking_uri()
-    return {"run_id": run.info.run_id, "experiment_id": exp_id, "tracking_uri": backend.redact(uri),
-            "url": backend.redact(backend.ui_url(uri, exp_id, run.info.run_id))}
-
-
-def close_parent_run(root: Path, run_id: str, ok: bool) -> None:
-    import mlflow
-
-    from gapo.tracking.runs import numeric_metrics
-
-    client = mlflow.MlflowClient()
-    path = root / "metrics" / "evaluate.json"
-    if ok and path.exists():
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        values = {k: v for k, v in numeric_metrics(json.loads(path.read_text())).items() if "." not in k}
-        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
-    _backfill_mlflow(root, run_id)
-    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    backfill_lineage(root, env.get("GAPO_MLFLOW_PARENT_RUN_ID"))
 
 
 # -- the flow --------------------------------------------------------------------------------------------------------
-def _summary_markdown(flow_run_name: str, results: list[dict], rounds: list[dict], parent: dict | None,
-                      root: Path, error: str | None) -> str:
-    lines = [f"# GAPO pipeline `{flow_run_name}`", "", f"Workspace `{root}`" + (f" - **FAILED**: {error}" if error
-                                                                                 else ""), ""]
-    lines += ["| step | status | seconds | dvc.lock md5 |", "|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r.get('stage') or 'round ' + str(r.get('round'))} | {r.get('status', 'ran')} | "
-                     f"{r.get('seconds', '')} | `{(r.get('lock') or '')[:12]}` |")
-    if rounds:
-        cols = list(rounds[0].keys())
-        lines += ["", "## Adversarial rounds (plots/adversarial.csv)", "", "| " + " | ".join(cols) + " |",
-                  "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rounds]
-    ev = root / "metrics" / "evaluate.json"
-    if ev.exists():
-        data = json.loads(ev.read_text())
-        keys = [k for k in ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc",
-                            "inst_level_loose_acc", "kl_to_sft", "rm_accuracy", "rm_auc") if k in data]
-        keys += [k for k in sorted(data) if k.startswith("rm_") and k not in keys and
-                 isinstance(data[k], (int, float))]
-        lines += ["", "## Held-out evaluation (metrics/evaluate.json)", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {data[k]:.4g} |" if isinstance(data[k], float) else f"| {k} | {data[k]} |" for k in keys]
-    reg = root / "metrics" / "register.json"
-    if reg.exists():
-        r = json.loads(reg.read_text())
-        lines += ["", "## Registry", "",
-                  f"- `{r['policy_name']}` **v{r['policy_version']}** and `{r['reward_model_name']}` "
-                  f"**v{r['reward_model_version']}**: alias `candidate`",
-                  f"- gate: **{'promoted to champion' if r['promoted'] else 'not promoted'}** - "
-                  + "; ".join(r.get("gate_reasons", [])),
-                  f"- current champion: v{r.get('champion_version')}",
-                  f"- lineage: `gapo lineage models:/{r['policy_name']}/{r['policy_version']}`",
-                  f"- serve: `mlflow models serve -m models:/{r['policy_name']}@champion --env-manager local`"]
-    if parent:
-        lines += ["", f"MLflow pipeline run: [{parent['run_id']}]({parent['url']}) (tracking `{parent['tracking_uri']}`)"]
-    return "\n".join(lines) + "\n"
-
-
-@flow(name="gapo-pipeline", log_prints=True)
+@flow(name="gapo-pipeline", log_prints=True, on_completion=[close_pipeline_run], on_failure=[close_pipeline_run],
+      on_crashed=[close_pipeline_run], on_cancellation=[close_pipeline_run])
 def gapo_pipeline(overrides: Optional[list[str]] = None, profile: Optional[str] = None, workdir: str = ".",
                   stage_timeout_s: int = 6 * 3600, dvc_pull: bool = False, dvc_push: bool = False) -> dict:
     """GAPO end to end. `overrides`: params.yaml keys as `key.path=value` (like `dvc exp run -S`); `profile`: a
     profiles/<name>.yaml merged first; `workdir`: the workspace (repository) root; `dvc_pull`/`dvc_push`: fetch
-    inputs from / store outputs to the default DVC remote (containers, clusters)."""
-    from prefect.runtime import deployment as rt_deployment
-    from prefect.runtime import flow_run as rt_flow_run
+    inputs from / store outputs to the default DVC remote (containers, clusters). The MLflow parent run is closed
+    and the summary published by the state hook (flows/pipeline_run.py), however the run ends."""
+    from prefect.runtime import flow_run
 
-    log = get_run_logger()
+    from gapo.io import workspace_lock
+
     root = Path(workdir).resolve()
     if not (root / "dvc.yaml").exists():
         raise FileNotFoundError(f"workdir {root}: no dvc.yaml (point `workdir` at the gapo-pipeline checkout)")
     # One flow run per workspace, taken before params.yaml is written: a second run on the same workdir fails at once
     # instead of overwriting the first one's params and checkpoints (concurrent runs: separate workdirs,
     # docs/reliability.md). An OS lock: a killed run never leaves it behind.
-    from gapo.io import workspace_lock
-
-    held = contextlib.ExitStack()
-    held.enter_context(workspace_lock(root, "pipeline", f"gapo-pipeline flow run {rt_flow_run.name or 'local'}"))
-    try:
+    with workspace_lock(root, "pipeline", f"gapo-pipeline flow run {flow_run.name or 'local'}"):
         cfg = configure(str(root), profile, list(overrides or []))
-    except BaseException:
-        held.close()
-        raise
-    # Baselines (method != gapo) have no rounds: their `adversarial` stage runs whole, as with rounds = 0.
-    rounds_n = int(cfg["rounds"]) if cfg.get("method", "gapo") == "gapo" else 0
-    flow_run_id, flow_run_name = str(rt_flow_run.id or "local"), str(rt_flow_run.name or "local")
-    progress_id = create_progress_artifact(progress=0.0, key="gapo-progress",
-                                           description="GAPO pipeline progress (stages and rounds)")
-    total = len(PRE_ROUND_STAGES) + max(rounds_n, 1) + len(POST_ROUND_STAGES)
-    done = 0
+        # Baselines (method != gapo) have no rounds: their `adversarial` stage runs whole, as with rounds = 0.
+        rounds = int(cfg["rounds"]) if cfg.get("method", "gapo") == "gapo" else 0
+        if dvc_pull:
+            dvc_transfer(str(root), "pull", stage_timeout_s)
+        run = PipelineRun.begin(root, steps=len(PRE_ROUND_STAGES) + max(rounds, 1) + len(POST_ROUND_STAGES))
+        ws, env, limit = str(root), run.stage_env(), stage_timeout_s + 300
 
-    def advance() -> None:
-        nonlocal done
-        done += 1
-        update_progress_artifact(progress_id, progress=min(100.0, 100.0 * done / total))
-
-    if dvc_pull:
-        dvc_transfer(str(root), "pull", stage_timeout_s)
-    parent = None
-    try:
-        parent = open_parent_run(root, flow_run_id, flow_run_name, rt_deployment.name)
-        create_link_artifact(key="gapo-mlflow-run", link=parent["url"], link_text="MLflow pipeline run",
-                             description=f"MLflow parent run {parent['run_id']} ({parent['tracking_uri']})")
-    except Exception as exc:  # noqa: BLE001 - observability must not stop training
-        from gapo.redaction import redact_text  # the exception quotes the tracking URI (Prefect stores this log)
-
-        log.warning(redact_text(f"MLflow parent run not created ({exc}); stages will track under their own parent"))
-    env = {"GAPO_PREFECT_FLOW_RUN_ID": flow_run_id, "GAPO_PREFECT_FLOW_RUN_NAME": flow_run_name}
-    with_url = getattr(rt_flow_run, "ui_url", None)
-    if with_url:
-        env["GAPO_PREFECT_FLOW_RUN_URL"] = str(with_url)
-    if parent:
-        env["GAPO_MLFLOW_PARENT_RUN_ID"] = parent["run_id"]
-
-    results: list[dict] = []
-    error = None
-    try:
         for stage in PRE_ROUND_STAGES:
-            results.append(run_stage.with_options(task_run_name=stage, timeout_seconds=stage_timeout_s + 300)(
-                stage, str(root), env, stage_timeout_s))
-            advance()
-        if not dvc_status(root, "adversarial"):
-            results.append({"stage": "adversarial", "status": "skipped", "seconds": 0.0,
-                            "lock": lock_hash(root, "adversarial")})
-            done += max(rounds_n, 1) - 1
-            advance()
+            run.record(run_stage.with_options(task_run_name=stage, timeout_seconds=limit)(
+                stage, ws, env, stage_timeout_s))
+        if not dvc_status(root, ROUNDS_STAGE):
+            run.record(step_result(root, ROUNDS_STAGE, "skipped", None), steps=max(rounds, 1))
         else:
-            for k in range(1, rounds_n + 1):
-                results.append(run_round.with_options(task_run_name=f"round-{k}", timeout_seconds=stage_timeout_s + 300)(
-                    k, str(root), env, stage_timeout_s))
-                advance()
-            results.append(finalize_adversarial.with_options(timeout_seconds=stage_timeout_s + 300)(
-                str(root), env, stage_timeout_s, rounds_n == 0))
-            if rounds_n == 0:
-                advance()
+            for k in range(1, rounds + 1):
+                run.record(run_round.with_options(task_run_name=f"round-{k}", timeout_seconds=limit)(
+                    k, ws, env, stage_timeout_s))
+            run.record(finalize_adversarial.with_options(timeout_seconds=limit)(ws, env, stage_timeout_s, rounds == 0),
+                       steps=1 if rounds == 0 else 0)
         for stage in POST_ROUND_STAGES:
-            results.append(run_stage.with_options(task_run_name=stage, timeout_seconds=stage_timeout_s + 300)(
-                stage, str(root), env, stage_timeout_s))
-            advance()
-        if dvc_push:
-            dvc_transfer(str(root), "push", stage_timeout_s)
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        held.close()
-        rows = read_round_rows(root)
-        if rows:
-            create_table_artifact(key="gapo-rounds", table=rows,
-                                  description="GAPO adversarial rounds so far (plots/adversarial.csv)")
-        if parent:
-            try:
-                close_parent_run(root, parent["run_id"], error is None)
-            except Exception as exc:  # noqa: BLE001
-                from gapo.redaction import redact_text
+            run.record(run_stage.with_options(task_run_name=stage, timeout_seconds=limit)(
+                stage, ws, env, stage_timeout_s))
 
-                log.warning(redact_text(f"MLflow parent run not closed: {exc}"))
-        create_markdown_artifact(key="gapo-summary", markdown=_summary_markdown(
-            flow_run_name, results, rows, parent, root, error), description="GAPO pipeline summary")
-    summary = {"results": results, "mlflow_parent_run_id": parent["run_id"] if parent else None}
-    reg = root / "metrics" / "register.json"
-    if reg.exists():
-        summary["register"] = json.loads(reg.read_text())
-    return summary
+        if dvc_push:
+            dvc_transfer(ws, "push", stage_timeout_s)
+    return run.outcome()
 
 
 def main(argv: list[str] | None = None) -> int:

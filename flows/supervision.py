@@ -87,11 +87,11 @@ def run_logged(cmd: list[str], root: Path, env: dict[str, str] | None, timeout_s
         while proc.poll() is None:
             if time.monotonic() > deadline:
                 timed_out = True
-                _kill_group(proc)
+                kill_group(proc)
                 break
             time.sleep(0.5)
     except BaseException:  # flow cancelled / KeyboardInterrupt: never leave a training process behind
-        _kill_group(proc)
+        kill_group(proc)
         _LIVE_GROUPS.discard(proc.pid)
         raise
     finally:
@@ -116,9 +116,11 @@ def _failure_line(tail) -> str:
             or next((line for line in reversed(visible) if line), ""))
 
 
-def _kill_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """SIGTERM the stage's process group (the stage closes its MLflow run as KILLED), then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+def kill_group(proc: subprocess.Popen, first: int = signal.SIGTERM, grace_s: float = 30.0) -> None:
+    """Stop a process started with start_new_session=True and everything in its group: `first`, then SIGKILL after
+    `grace_s`. SIGTERM first lets a stage close its MLflow run as KILLED and a server stop its workers; the group
+    (not the pid) because a stage's ranks and a server's workers are its children."""
+    for sig, wait in ((first, grace_s), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

@@ -94,3 +94,58 @@ def test_dvc_cache_key_is_the_lock_entry_of_an_up_to_date_stage(tmp_path):
     run([venv_bin("dvc"), "repro", "-q"], root)
     assert fp.dvc_cache_key(None, params) not in (None, key)
     assert fp.dvc_status(Path(root), "s") == {}
+
+
+def test_state_hook_closes_the_parent_run_however_the_flow_ends(tmp_path, monkeypatch):
+    """close_pipeline_run (the flow's on_completion / on_failure / on_crashed / on_cancellation hook): the MLflow parent
+    run FINISHED only on completion (with the held-out metrics), FAILED otherwise, and the summary quotes the error.
+    Called with the states Prefect passes; the artifacts are caught instead of sent to a Prefect API."""
+    import json
+    import uuid
+    from types import SimpleNamespace
+
+    import mlflow
+    from prefect.states import Cancelled, Completed, Crashed, Failed
+
+    from flows import pipeline_run as pr
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    fp.configure_params(tmp_path, None, [])
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps({"prompt_level_strict_acc": 0.25}))
+    published = []
+    monkeypatch.setattr(pr, "_publish", published.append)
+    step = {"stage": "prepare", "status": "ran", "seconds": 1.0, "lock": "0123456789abcdef"}
+
+    def begin() -> tuple[pr.PipelineRun, SimpleNamespace]:
+        flow_run = SimpleNamespace(id=uuid.uuid4())
+        parent = pr.open_parent_run(tmp_path, str(flow_run.id), "hook-test", None)
+        run = pr.PipelineRun(tmp_path, str(flow_run.id), "hook-test", steps=1, parent=parent, results=[step])
+        pr._OPEN[run.flow_run_id] = run
+        return run, flow_run
+
+    cases = [(Completed(), "FINISHED", None),
+             (Failed(data=supervision.StageFailed("gapo sft", 1, "boom", transient=True)), "FAILED",
+              "**FAILED**: StageFailed: gapo sft failed (exit 1): boom"),
+             (Crashed(message="Execution was aborted by a termination signal."), "FAILED", "termination signal"),
+             (Cancelled(message="Flow run was cancelled."), "FAILED", "**FAILED**: CancelledRun: Flow run was cancelled.")]
+    client = mlflow.MlflowClient()
+    for state, status, error in cases:
+        published.clear()
+        run, flow_run = begin()
+        pr.close_pipeline_run(None, flow_run, state)
+        closed = client.get_run(run.parent["run_id"])
+        assert closed.info.status == status, state
+        assert ("prompt_level_strict_acc" in closed.data.metrics) == (status == "FINISHED")
+        summary, = [a for a in published if a.key == "gapo-summary"]
+        assert str(summary.flow_run_id) == run.flow_run_id and "| prepare | ran | 1.0 | `0123456789ab` |" in summary.markdown
+        assert (error in summary.markdown) if error else "FAILED" not in summary.markdown
+        # a second hook for the same run (a worker's runner, in its own process) finds nothing to close
+        published.clear()
+        pr.close_pipeline_run(None, flow_run, state)
+        assert not published
+
+    # a flow-run process that exits without its hook (cancelled by a worker's runner) closes its run on the way out
+    run, _ = begin()
+    pr._close_left_open()
+    assert client.get_run(run.parent["run_id"]).info.status == "FAILED" and not pr._OPEN

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.supervision import kill_group
 from tests.orchestration.fast_pipeline import FAST_PIPELINE as FAST
 from tests.repo_copies import make_repo_copy, run, tracked_env, venv_bin
 
@@ -76,22 +77,6 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, l
             pass
         time.sleep(1)
     raise AssertionError(f"{url}: not up after {timeout} s\n{log.read_text()[-4000:] if log else ''}")
-
-
-def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    """Stop a server started with start_new_session=True: its whole group (uvicorn children included)."""
-    if proc.poll() is not None:
-        return
-    for s, wait in ((sig, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, s)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def test_dvc_repro_registers_both_models_with_aliases(repo):
@@ -192,7 +177,7 @@ def test_mlflow_models_serve_champion_answers(repo):
         assert math.isfinite(scores[0]["score"]) and scores[0]["score"] == pytest.approx(scores[0]["logit"])
     finally:
         for proc in procs:
-            _stop(proc)
+            kill_group(proc, grace_s=20)  # uvicorn's workers are in its group
 
 
 def test_prefect_run_after_up_to_date_repro_retrains_nothing(repo):
@@ -288,5 +273,5 @@ def test_prefect_deployment_on_a_local_server(repo, tmp_path):
         assert all(r.data.tags["prefect.flow_run_id"] == flow_run_id for r in stages)
     finally:
         if worker is not None:
-            _stop(worker, signal.SIGINT)  # the worker first: an orphaned worker ignores SIGTERM
-        _stop(server)
+            kill_group(worker, signal.SIGINT, grace_s=20)  # the worker first: an orphaned worker ignores SIGTERM
+        kill_group(server, grace_s=20)

@@ -41,6 +41,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gapo.io import content_hash
 from gapo.sweep import TEMP_NAME
 from tests.orchestration.fast_pipeline import FAST_PIPELINE
 from tests.reliability import rel_helpers as H
@@ -111,7 +112,7 @@ def final_weights(root: Path) -> dict[str, str | None]:
     out = {}
     for sub in ("policy", "reward"):
         f = root / "checkpoints" / "final" / sub / "model.safetensors"
-        out[sub] = H.file_md5(f) if f.is_file() else None
+        out[sub] = content_hash(f) if f.is_file() else None
     return out
 
 

@@ -2,7 +2,6 @@
 checks of the DVC cache and the MLflow registry."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -10,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from gapo.io import content_hash
 from tests.repo_copies import REPO, make_repo_copy, run, tracked_env, venv_bin  # noqa: F401  (the reliability tests' one import)
 
 
@@ -92,17 +92,9 @@ def dvc_cache_is_intact(root: Path) -> int:
             json.loads(f.read_text())
             name = name[:-4]
         else:
-            h = hashlib.md5()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            assert h.hexdigest() == name, f"DVC cache object {f} does not match its hash"
+            assert content_hash(f) == name, f"DVC cache object {f} does not match its hash"
         n += 1
     return n
-
-
-def file_md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 # Fake credentials put in the environment of pipeline runs; none may ever show up in MLflow, Prefect or a log.

@@ -25,7 +25,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.reliability.rel_helpers import SECRETS, dvc_cache_is_intact, file_md5, grep_tree, run, tracked_env, venv_bin
+
+from gapo.io import content_hash
+from tests.reliability.rel_helpers import SECRETS, dvc_cache_is_intact, grep_tree, run, tracked_env, venv_bin
 
 pytestmark = pytest.mark.slow
 
@@ -64,8 +66,8 @@ def test_resumed_results_equal_an_uninterrupted_run(crashed, tmp_path):
     run([venv_bin("gapo"), "adversarial"], ref, env, timeout=3600)
     run([venv_bin("gapo"), "evaluate"], ref, env, timeout=3600)
     for sub in ("policy", "reward"):
-        assert file_md5(ref / "checkpoints" / "final" / sub / "model.safetensors") == \
-            file_md5(root / "checkpoints" / "final" / sub / "model.safetensors"), f"final {sub} differs"
+        assert content_hash(ref / "checkpoints" / "final" / sub / "model.safetensors") == \
+            content_hash(root / "checkpoints" / "final" / sub / "model.safetensors"), f"final {sub} differs"
     def wall_clock(key: str) -> bool:  # durations, rates and dates: the only fields allowed to differ
         return (key.startswith("timing") or key.endswith(("_s", "seconds", "per_s", "_at"))
                 or key in ("seconds", "completed_at"))

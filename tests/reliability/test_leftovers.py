@@ -4,15 +4,13 @@ workspace, through the real CLI; what a live process still writes, and what anot
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.reliability.rel_helpers import tracked_env, wait_for
+from tests.reliability.rel_helpers import kill9, tracked_env, wait_for
 
 GAPO = str(Path(sys.executable).parent / "gapo")
 SMALL_PREPARE = ["-S", "data.num_products=5", "-S", "data.test_prompts=3", "-S", "data.workers=1"]
@@ -58,11 +56,6 @@ def _start(code: str, ws: Path) -> subprocess.Popen:
     return proc
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-
-
 def _temp_paths(ws: Path) -> list[str]:
     from gapo.sweep import find_temp_leftovers
 
@@ -72,7 +65,7 @@ def _temp_paths(ws: Path) -> list[str]:
 def test_killed_atomic_writes_are_swept_when_the_next_stage_starts(tmp_path):
     ws = tmp_path / "ws"
     ws.mkdir()
-    _kill(_start(_KILLED_WRITER, ws))
+    kill9(_start(_KILLED_WRITER, ws))
     killed = _temp_paths(ws)
     assert len(killed) == 5, killed  # params.yaml, metrics/prepare.json, data/, checkpoints/.sft.*.old, gapo-dpo-*
     assert not (ws / "params.yaml").exists() and not (ws / "data").exists()  # nothing reached its target
@@ -88,7 +81,7 @@ def test_killed_atomic_writes_are_swept_when_the_next_stage_starts(tmp_path):
         left = _temp_paths(ws)
         assert len(left) == 1 and left[0].startswith("reports/.live.json."), left
     finally:
-        _kill(live)
+        kill9(live)
     for decoy in (ws / ".notes.tmp", ws / "checkpoints" / "keep.abcdefgh.tmp", ws / "checkpoints" / "gapo-mine"):
         assert decoy.read_text() == "a user's file"
     assert (ws / "data" / "sft" / "train.jsonl").is_file()  # the stage ran and wrote its real output
@@ -122,8 +115,7 @@ def _kill_register_after_the_policy_upload(ws: Path, env: dict, marker: Path) ->
     try:
         wait_for(lambda: marker.is_file(), "register to log the policy", proc, timeout=1200)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        kill9(proc)
     marker.unlink()
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.reliability.rel_helpers import kill9
 
 GAPO = str(Path(sys.executable).parent / "gapo")
 
@@ -173,8 +174,7 @@ def test_runs_left_running_by_a_kill_are_marked_killed_on_the_next_start(tmp_pat
         running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
         assert len(running) == 2, [r.data.tags.get("mlflow.runName") for r in running]  # the stage run + parent
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        kill9(proc)
     killed = {r.info.run_id for r in running}
     # the next stage in this workspace (a small prepare through the real CLI) closes them
     rerun = subprocess.run([GAPO, "--workdir", str(ws), "prepare", "-S", "data.num_products=5", "-S",
