@@ -58,8 +58,9 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     """)
     t0 = time.time()
     with pytest.raises(supervision.StageFailed, match="timed out") as err:
-        supervision.run_logged([sys.executable, "-c", script], tmp_path, None, 3, "sleeper")
-    assert not err.value.transient and time.time() - t0 < 60
+        # 10 s: on a loaded box two interpreter start-ups can take more than 3 s, and the grandchild must exist
+        supervision.run_logged([sys.executable, "-c", script], tmp_path, None, 10, "sleeper")
+    assert not err.value.transient and time.time() - t0 < 90
     child = int(pidfile.read_text())
     time.sleep(0.5)
     import psutil
