@@ -72,26 +72,24 @@ def sft_loss_fn(mode: str, models_cfg):
 def rm_setup(params, ws: Path, steps: int, autocast: str | None = None):
     from gapo.models.loading import load_reward_model
     from gapo.train import engine as E
-    from gapo.train.reward import _collate, _encode_rows, _pair_batches, _uses_types, load_rm_rows
+    from gapo.models.reward_model import ENCODER, collate
+    from gapo.train.reward import batches_by_key, load_rm_rows
 
     optim = params.reward.optim
     models = params.models if autocast is None else params.models.model_copy(update={"reward_autocast": autocast})
     model, tok = load_reward_model(ws / "models" / "reward", models)
     rows = load_rm_rows(ws / "data" / "rm" / "train.jsonl", optim.micro_batch_size * steps, seed=params.seed)
-    enc = _encode_rows(rows, tok, params.reward.max_length)
-    order = _pair_batches(rows, [len(e[0]) for e in enc], optim.micro_batch_size, params.seed)[:steps]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    batches = [_collate([enc[i] for i in b], pad, _uses_types(tok)) for b in order]
+    enc = ENCODER.encode(tok, rows, params.reward.max_length)
+    order = batches_by_key(rows, [len(e[0]) for e in enc], optim.micro_batch_size, params.seed)[:steps]
+    batches = [collate([enc[i] for i in b], tok) for b in order]
     engine = E.build_train_engine(model, params, optim, 10**6)
     return engine, batches
 
 
 def rm_loss(model, batch):
-    import torch.nn.functional as F
+    from gapo.models.reward_model import ENCODER
 
-    from gapo.train.reward import _logits
-
-    return F.binary_cross_entropy_with_logits(_logits(model, batch), batch["labels"])
+    return ENCODER.loss(ENCODER.score(model, batch), batch)
 
 
 def timed_loop(engine, batches, loss_fn) -> float:

@@ -1,10 +1,14 @@
-"""Safe loading and atomic saving of the policy (causal LM) and the reward model (encoder + 1-logit head).
+"""Safe loading and atomic saving of the policy (causal LM) and the reward model (1-logit head; its kinds live in
+gapo.models.reward_model).
 
 API
 - `resolve_model_dir(spec, role, cfg)` -> Path   a dir, a dir holding `source.json`, or an HF id in the local cache
 - `load_policy(spec, cfg)` -> (model, tokenizer)         `AutoModelForCausalLM`
-- `load_reward_model(spec, cfg)` -> (model, tokenizer)   `AutoModelForSequenceClassification(num_labels=1)`, forward
-  under bf16 autocast where the device has native bf16 (`models.reward_autocast`)
+- `load_reward_model(spec, cfg, role="reward", kind="encoder")` -> (model, tokenizer)
+  `AutoModelForSequenceClassification(num_labels=1)` as the kind loads it (the encoder's forward under bf16 autocast
+  where the device has native bf16, `models.reward_autocast`)
+- `load_checked(auto_cls, path, role, cfg, **kwargs)` -> model   `from_pretrained` with one-line ModelErrors for
+  missing / unexpected / wrong-shape keys
 - `load_tokenizer(spec, cfg, role)`
 - `save_pretrained(model, tokenizer, out_dir, extra_json=None)`  atomic HF dir, safetensors only
 - `write_source_pointer(out_dir, source, **info)` / `read_source_pointer(dir)`   `source.json` for user models
@@ -12,7 +16,8 @@ API
 
 Every refusal is a `ModelError` with one line naming the role, the path and what was expected: a missing path, a
 directory that is not a model (no config.json), a pickle-only checkpoint (`.bin`/`.pt`; arbitrary code on load)
-unless `models.allow_pickle`, remote code unless `models.trust_remote_code`, and a decoder given as reward model.
+unless `models.allow_pickle`, remote code unless `models.trust_remote_code`, and a checkpoint of another kind
+(a decoder given as the encoder reward model).
 All loads are offline (`local_files_only=True`).
 """
 from __future__ import annotations
@@ -302,7 +307,7 @@ def check_checkpoint_keys(path: Path, config, role: str, cfg: ModelsConfig) -> N
     if missing and not (head and missing <= head and not found.intersection(head)):
         suspect = True
     if suspect:
-        _from_pretrained(auto_cls, path, role, cfg, **({"num_labels": 1} if reward else {}))
+        load_checked(auto_cls, path, role, cfg, **({"num_labels": 1} if reward else {}))
 
 
 def load_config(path: Path, role: str, cfg: ModelsConfig):
@@ -367,29 +372,25 @@ def load_policy(spec: str | Path, cfg: Optional[ModelsConfig] = None, role: str 
     config = load_config(path, role, cfg)
     if is_encoder_config(config):
         raise ModelError(f"{role} {str(path)!r}: is an encoder ({config.model_type}); the policy must be a causal LM")
-    model = _from_pretrained(AutoModelForCausalLM, path, role, cfg)
+    model = load_checked(AutoModelForCausalLM, path, role, cfg)
     tok = load_tokenizer(path, cfg, role)
     if tok.eos_token_id is None:
         raise ModelError(f"{role} {str(path)!r}: tokenizer has no eos_token; responses could never end")
     return model, tok
 
 
-def load_reward_model(spec: str | Path, cfg: Optional[ModelsConfig] = None, role: str = "reward"):
-    """(AutoModelForSequenceClassification with one logit, tokenizer). The RM must be an encoder: GAPO's premise
-    is that bidirectional attention sees prompt/response mismatches a causal model misses."""
-    from transformers import AutoModelForSequenceClassification
+def load_reward_model(spec: str | Path, cfg: Optional[ModelsConfig] = None, role: str = "reward",
+                      kind: str = "encoder"):
+    """(AutoModelForSequenceClassification with one logit, tokenizer) of the reward-model kind `kind`
+    (gapo.models.reward_model). `models.reward` is always an encoder: GAPO's premise is that bidirectional attention
+    sees prompt/response mismatches a causal model misses; the PPO baseline's RM is `kind="decoder"`."""
+    from gapo.models.reward_model import require_kind
 
     cfg = cfg or ModelsConfig()
     path = resolve_model_dir(spec, role, cfg)
     check_model_dir(path, role, cfg)
-    config = load_config(path, role, cfg)
-    if not is_encoder_config(config):
-        raise ModelError(f"{role} {str(path)!r}: is a decoder-only model ({config.model_type}); the reward model must "
-                         "be an encoder (BERT, RoBERTa, DeBERTa, Longformer, ModernBERT, MiniLM)")
-    model = _from_pretrained(AutoModelForSequenceClassification, path, role, cfg, num_labels=1)
-    tok = load_tokenizer(path, cfg, role)
-    apply_autocast(model, cfg.reward_autocast, cfg)
-    return model, tok
+    rm = require_kind(load_config(path, role, cfg), kind, role, str(path))
+    return rm.load(path, cfg, role)
 
 
 def apply_autocast(model, mode: str, cfg: ModelsConfig) -> None:
@@ -439,7 +440,7 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
-def _from_pretrained(auto_cls, path: Path, role: str, cfg: ModelsConfig, **kwargs):
+def load_checked(auto_cls, path: Path, role: str, cfg: ModelsConfig, **kwargs):
     import warnings
 
     from transformers.utils import logging as hf_logging

@@ -94,15 +94,14 @@ def check_sources(params: Params) -> None:
 
 def _user_model_config(params: Params, spec: str, role: str):
     from gapo.models import loading
+    from gapo.models.reward_model import require_kind
 
     path = loading.resolve_model_dir(spec, role, params.models)
     loading.check_model_dir(path, role, params.models)
     config = loading.load_config(path, role, params.models)
-    encoder = loading.is_encoder_config(config)
-    if role == "reward" and not encoder:
-        raise ModelError(f"reward {spec!r}: is a decoder-only model ({config.model_type}); the reward model must be "
-                         "an encoder (BERT, RoBERTa, DeBERTa, Longformer, ModernBERT, MiniLM)")
-    if role == "policy" and encoder:
+    if role == "reward":
+        require_kind(config, "encoder", role, spec)
+    elif loading.is_encoder_config(config):
         raise ModelError(f"policy {spec!r}: is an encoder ({config.model_type}); the policy must be a causal LM")
     # weights that match the architecture (missing / foreign / wrong-shape keys), checked from the headers
     loading.check_checkpoint_keys(path, config, role, params.models)

@@ -1,13 +1,12 @@
-"""(prompt, response) text pairs -> reward-model inputs, in the reward model's OWN tokenizer.
+"""(prompt, response) text pairs -> reward-model token ids, in the reward model's OWN tokenizer.
 
 API
-- `encode_pairs(tokenizer, prompts, responses, max_length, facts=True)` -> dict of padded LongTensors
-  (`input_ids`, `attention_mask`, `token_type_ids` when the model uses them) and `truncated` (bool per row)
 - `encode_pair_ids(tokenizer, prompt, response, max_length, facts=True)` -> (ids, type_ids, truncated) for one pair;
   `facts=False` drops the head (product facts) before anything else: the RM sees `[CLS] Requirements: ... [SEP]
   response [SEP]` (`reward.prompt_facts: drop`, docs/method.md "RM input, head and truncation")
 - `split_requirements(prompt)` -> (head, requirements)
 - `REQUIREMENTS_HEADER`
+Batching (padding, masks, segment ids) is gapo.models.reward_model.collate, shared by every RM path.
 
 The policy's token ids never reach the RM: responses are decoded to text first and re-tokenised here, so policy and
 RM may have different vocabularies (GAPO's encoder RM is a different model family from its generator).
@@ -30,8 +29,6 @@ splits a word (for WordPiece, and for byte-level BPE the cut is on token boundar
 from __future__ import annotations
 
 import weakref
-from typing import Sequence
-
 REQUIREMENTS_HEADER = "Requirements:"
 
 _BACKENDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -99,32 +96,3 @@ def encode_pair_ids(tokenizer, prompt: str, response: str, max_length: int,
     prompt_enc = Encoding.merge([head, req], growing_offsets=True) if head is not None else req
     final = bt.post_process(prompt_enc, resp, add_special_tokens=True)
     return list(final.ids), list(final.type_ids), truncated
-
-
-def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int,
-                 facts: bool = True) -> dict:
-    """Right-padded batch for `AutoModelForSequenceClassification`; `token_type_ids` only if the tokenizer
-    produces them (BERT-style) so RoBERTa-style models do not get a segment embedding they lack."""
-    import torch
-
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    rows = [encode_pair_ids(tokenizer, p, s, max_length, facts) for p, s in zip(prompts, responses)]
-    width = max(len(ids) for ids, _, _ in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    types = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (row_ids, row_types, _) in enumerate(rows):
-        ids[i, : len(row_ids)] = torch.tensor(row_ids)
-        types[i, : len(row_types)] = torch.tensor(row_types)
-        mask[i, : len(row_ids)] = 1
-    out = {"input_ids": ids, "attention_mask": mask, "truncated": torch.tensor([t for _, _, t in rows])}
-    if "token_type_ids" in getattr(tokenizer, "model_input_names", []):
-        out["token_type_ids"] = types
-    return out
-
-
-def model_inputs(batch: dict) -> dict:
-    """The keys a sequence-classification forward accepts (drops bookkeeping such as `truncated`)."""
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -3,9 +3,9 @@
 Input: a DataFrame (or list of dicts / dict of lists) with string columns `prompt` and `response`.
 Output: a DataFrame with `score` (what PPO received: sigmoid probability or raw logit, per
 `params.reward.score` at registration, overridable per request with the `score` param) and `logit`.
-Encoding is `gapo.models.rm_inputs.encode_pairs`, the exact text-pair encoding the RM was trained with (the
-package is shipped inside the model via `code_paths`, so the served model does not depend on the installed
-version of gapo).
+Encoding, batching and the score read are the RM kind's (gapo.models.reward_model: `kind_of`, `collate`), the
+exact path the RM was trained and scored with in PPO (the package is shipped inside the model via `code_paths`, so
+the served model does not depend on the installed version of gapo).
 """
 from __future__ import annotations
 
@@ -32,8 +32,7 @@ class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # noqa: ARG002 (no type hints: MLflow would infer a schema)
         import pandas as pd
 
-        from gapo.models.rm_inputs import encode_pairs, model_inputs
-        from gapo.train.reward import rm_keeps_facts
+        from gapo.models.reward_model import collate, encode_rows, keeps_facts, kind_of
 
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         missing = [c for c in ("prompt", "response") if c not in df.columns]
@@ -47,13 +46,14 @@ class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
         batch_size = int(params.get("batch_size") or self.batch_size)
         prompts = [str(x) for x in df["prompt"].tolist()]
         responses = [str(x) for x in df["response"].tolist()]
+        rows = [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
+        rm, facts = kind_of(self.model), keeps_facts(self.model)
         logits: list[float] = []
         with self.torch.no_grad():
-            for i in range(0, len(prompts), batch_size):
-                batch = encode_pairs(self.tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size],
-                                     self.max_length, facts=rm_keeps_facts(self.model))
-                out = self.model(**model_inputs(batch)).logits
-                logits.extend(out.reshape(out.shape[0], -1)[:, 0].float().tolist())
+            for i in range(0, len(rows), batch_size):
+                batch = collate(encode_rows(self.tokenizer, rows[i:i + batch_size], self.max_length, facts),
+                                self.tokenizer)
+                logits.extend(rm.score(self.model, batch).tolist())
         t = self.torch.tensor(logits, dtype=self.torch.float64)
         scores = self.torch.sigmoid(t) if kind == "prob" else t
         return pd.DataFrame({"score": scores.tolist(), "logit": logits})

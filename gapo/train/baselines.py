@@ -28,6 +28,9 @@ API
 - pair views of the data (`preference_pairs`, `unpaired_rows`, `rm_rows`, `sample_pairs`): gapo.data.preferences
 - `encode_pair(pair, tokenizer, max_length)` -> {prompt_ids, chosen_ids, rejected_prompt_ids, rejected_ids}
 - `paradigm_workspace(params, ws)` -> Workspace whose data/rm is the chosen paradigm's classification view
+- `pair_scores(model, tokenizer, pairs, max_length, device)` -> (chosen, rejected) decoder-RM scores;
+  `pairwise_accuracy(model, tokenizer, pairs, params)`; `train_decoder_rm(params, ws, pairs)` (Bradley-Terry, the
+  `DecoderRM` kind of gapo.models.reward_model)
 - `is_baseline(params)`; `run_baseline(params, ws)` / `run_baseline_stage(params, ws)`
 """
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import Any, Sequence
 from gapo.config import ConfigError, Params
 from gapo.data.preferences import preference_pairs, rm_rows, sample_pairs, unpaired_rows
 from gapo.errors import DataError
+from gapo.models.reward_model import DECODER, collate
 from gapo.paths import Workspace
 from gapo.runtime import bars_off
 
@@ -307,48 +311,11 @@ def train_trl(params: Params, ws: Workspace, out_policy: Path) -> dict:
 
 
 # ============================================================================================ PPO with a decoder RM
-def load_decoder_rm(path, params: Params):
-    """The policy architecture with a 1-logit scalar head (`AutoModelForSequenceClassification`; Llama-style models
-    pool the last non-pad token). From the SFT checkpoint the head is new; from a saved RM it is loaded."""
-    import warnings
-
-    from transformers import AutoModelForSequenceClassification
-
-    from gapo.models.loading import check_model_dir, load_tokenizer, quiet_transformers, resolve_model_dir, torch_dtype
-    from gapo.models.prompting import pad_token_id
-
-    quiet_transformers()
-    path = resolve_model_dir(path, "decoder reward model", params.models)
-    check_model_dir(path, "decoder reward model", params.models)
-    tok = load_tokenizer(path, params.models, "decoder reward model")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore")
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=torch_dtype(params.models), local_files_only=True, use_safetensors=True,
-            trust_remote_code=params.models.trust_remote_code, pad_token_id=pad_token_id(tok))
-    model.config.pad_token_id = pad_token_id(tok)
-    return model, tok
-
-
-def bradley_terry_loss(chosen, rejected):
-    """−log σ(r_w − r_l), mean over pairs (the reward-model loss of InstructGPT / OpenRLHF)."""
-    import torch.nn.functional as F
-
-    return -F.logsigmoid(chosen - rejected).mean()
-
-
-def _pair_logits(engine, tok, pairs: Sequence[dict], max_length: int, device):
-    """Scalar scores of both sides of `pairs` in one forward (the same (prompt, response) encoding rm_score uses in
-    PPO: gapo.models.rm_inputs in the RM's own tokenizer, which here is the policy's)."""
-    from gapo.train.reward import _collate, _encode_rows, _logits, _uses_types
-
-    rows = [{"prompt": p["prompt_chosen"], "response": p["chosen"], "label": 1} for p in pairs]
-    rows += [{"prompt": p["prompt_rejected"], "response": p["rejected"], "label": 0} for p in pairs]
-    enc = _encode_rows(rows, tok, max_length)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    batch = {k: v.to(device) for k, v in _collate(enc, pad, _uses_types(tok)).items()}
-    logits = _logits(engine, batch)
-    return logits[:len(pairs)], logits[len(pairs):]
+def pair_scores(model, tok, pairs: Sequence[dict], max_length: int, device):
+    """Decoder-RM scores of the chosen and of the rejected sides of `pairs`, in one forward (the same (prompt,
+    response) encoding PPO scores with: gapo.models.rm_inputs in the RM's own tokenizer, here the policy's)."""
+    batch = {k: v.to(device) for k, v in collate(DECODER.encode(tok, pairs, max_length), tok).items()}
+    return DECODER.chosen_rejected(DECODER.score(model, batch))
 
 
 def pairwise_accuracy(model, tok, pairs: Sequence[dict], params: Params, batch: int = 16) -> float:
@@ -363,7 +330,7 @@ def pairwise_accuracy(model, tok, pairs: Sequence[dict], params: Params, batch: 
     wins = 0
     with torch.no_grad():
         for s in range(0, len(pairs), batch):
-            c, r = _pair_logits(module, tok, pairs[s:s + batch], params.reward.max_length, device)
+            c, r = pair_scores(module, tok, pairs[s:s + batch], params.reward.max_length, device)
             wins += int((c > r).sum())
     module.train(was)
     return wins / len(pairs)
@@ -375,10 +342,11 @@ def train_decoder_rm(params: Params, ws: Workspace, pairs: list[dict]):
     from tqdm import tqdm
 
     from gapo.errors import NumericalError
+    from gapo.models.loading import load_reward_model
     from gapo.train import engine as E
 
     b = params.baselines
-    model, tok = load_decoder_rm(ws.sft, params)
+    model, tok = load_reward_model(ws.sft, params.models, "decoder reward model", kind=DECODER.name)
     optim = b.rm_optim
     steps = max(1, math.ceil(len(pairs) * b.rm_epochs / (optim.micro_batch_size * optim.gradient_accumulation_steps)))
     engine = E.build_train_engine(model, params, optim, steps)
@@ -394,8 +362,9 @@ def train_decoder_rm(params: Params, ws: Workspace, pairs: list[dict]):
                 rng.shuffle(more)
                 order += more
             idx, order = order[:optim.micro_batch_size], order[optim.micro_batch_size:]
-            c, r = _pair_logits(engine, tok, [pairs[i] for i in idx], params.reward.max_length, engine.device)
-            loss = bradley_terry_loss(c, r)
+            batch = {k: v.to(engine.device) for k, v in
+                     collate(DECODER.encode(tok, [pairs[i] for i in idx], params.reward.max_length), tok).items()}
+            loss = DECODER.loss(DECODER.score(engine, batch), batch)
             if not torch.isfinite(loss):
                 raise NumericalError(f"decoder rm step {step}: Bradley-Terry loss is {loss.item()}")
             engine.backward(loss)

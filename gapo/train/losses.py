@@ -1,5 +1,6 @@
-"""PPO math as pure functions over tensors: masked statistics, log-probs, entropy, KL estimators,
-per-token rewards, GAE, the clipped policy and value losses, and the KL coefficient controllers.
+"""PPO and reward-model math as pure functions over tensors: masked statistics, log-probs, entropy, KL estimators,
+per-token rewards, GAE, the clipped policy and value losses, the KL coefficient controllers, and the two RM losses
+(BCE on labelled rows for the encoder RM, Bradley-Terry on pairs for the decoder RM: gapo.models.reward_model).
 
 Semantics and names follow OpenRLHF (`openrlhf/models/utils.py`, `loss.py`, `kl_controller.py`,
 `trainer/ppo_utils/experience_maker.py`), which is what the released GAPO code runs (arXiv 2503.20194).
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 __all__ = [
     "masked_mean", "masked_var", "masked_whiten", "log_probs_from_logits", "entropy_from_logits",
     "compute_approx_kl", "compute_reward", "get_advantages_and_returns", "group_relative_scores", "pad_right",
-    "policy_loss", "value_loss",
+    "policy_loss", "value_loss", "binary_cross_entropy_loss", "bradley_terry_loss",
     "FixedKLController", "AdaptiveKLController", "build_kl_controller",
 ]
 
@@ -243,6 +244,18 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     else:
         loss = (values - returns) ** 2
     return 0.5 * _reduce(loss, action_mask, token_level)
+
+
+# ---------------------------------------------------------------------------------------------- reward-model losses
+def binary_cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean BCE-with-logits over rows: the encoder RM's loss (GAPO's discriminator: label 1 for the accepted
+    (prompt, response), 0 for a rejected prompt or a generated answer). `labels` are floats in {0, 1}."""
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """−log σ(r_w − r_l), mean over pairs: the pairwise RM loss of InstructGPT / OpenRLHF (the decoder RM)."""
+    return -F.logsigmoid(chosen - rejected).mean()
 
 
 # ---------------------------------------------------------------------------------------------- KL controllers

