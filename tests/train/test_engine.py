@@ -179,3 +179,23 @@ def test_launcher_commands_and_env(monkeypatch):
     env = E.launcher_env()
     if E._SET_BY_US in __import__("os").environ:  # we set the 1-process rendezvous: children must not inherit it
         assert "RANK" not in env and "WORLD_SIZE" not in env and "MASTER_PORT" not in env
+
+
+def test_the_process_group_is_torn_down_at_exit():
+    """init_distributed registers the teardown: in a fresh process the group is up after it and gone after the
+    exit hook runs, and the process exits 0 (a gloo group left to interpreter teardown once aborted a rank)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import atexit, torch.distributed as dist\n"
+            "from gapo.train import engine as E\n"
+            "E.init_distributed()\n"
+            "assert dist.is_initialized()\n"
+            "atexit._run_exitfuncs()\n"
+            "assert not dist.is_initialized()\n"
+            "print('torn down')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "torn down" in proc.stdout
