@@ -10,10 +10,11 @@ new code into another, same params and seed (docs/architecture.md, "Behaviour un
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
+
+from gapo.io import content_hash
 
 TIMING = ("time_s", "seconds", "samples_per_s", "tokens_per_s", "wall_s", "timing/")
 
@@ -45,14 +46,6 @@ def metric_differences(a: Path, b: Path) -> list[str]:
     return out
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weight_differences(a: Path, b: Path) -> list[str]:
     out = []
     files = sorted({p.relative_to(a) for p in a.glob("checkpoints/**/model.safetensors")}
@@ -61,7 +54,7 @@ def weight_differences(a: Path, b: Path) -> list[str]:
         fa, fb = a / rel, b / rel
         if not (fa.is_file() and fb.is_file()):
             out.append(f"{rel}: only in {'the first' if fa.is_file() else 'the second'} workspace")
-        elif sha256(fa) != sha256(fb):
+        elif content_hash(fa, "sha256") != content_hash(fb, "sha256"):
             out.append(f"{rel}: weights differ")
     return out
 
