@@ -20,6 +20,7 @@ TIMING = ("time_s", "seconds", "samples_per_s", "tokens_per_s", "wall_s", "timin
 
 
 def flatten(obj, prefix: str = "") -> dict:
+    # Lists too, unlike gapo.tracking.runs.flatten: per-round records sit in lists and carry timings to leave out.
     if isinstance(obj, dict):
         return {k: v for key, val in obj.items() for k, v in flatten(val, f"{prefix}{key}.").items()}
     if isinstance(obj, list):
