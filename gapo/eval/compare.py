@@ -10,6 +10,9 @@
    grid's records into mean and t-interval over seeds per method (rows) x overall + per constraint category
    (columns), per paradigm, plus the PP-vs-PR table; `render_markdown` writes reports/compare.md and
    `plot_compare` reports/compare.png. Both are logged to the stage's MLflow run (gapo.tracking).
+5. Each experiment's reports/eval_samples.jsonl at its commit (read through DVC) pairs the methods prompt by prompt:
+   gapo.eval.claims tests the paper's orderings and PP vs PR (paired bootstrap, McNemar, Holm), appended to
+   reports/compare.md and compare.json.
 
 API (pure): `t_quantile(p, df)`, `t_interval(values, confidence)`, `records_from_exp_show(doc)`,
 `pending_from_exp_show(doc)`, `build_tables(records, metric, confidence)`, `render_markdown(tables, meta)`;
@@ -290,8 +293,30 @@ def collect(ws: Workspace, params: Params, doc: Any = None) -> list[dict]:
     for r in records_from_exp_show(doc):
         if r["name"] in wanted:
             m, p, s = wanted[r["name"]]
-            out[r["name"]] = {"method": m, "paradigm": p, "seed": s, "name": r["name"], "metrics": r["metrics"]}
+            out[r["name"]] = {"method": m, "paradigm": p, "seed": s, "name": r["name"], "rev": r["rev"],
+                              "metrics": r["metrics"]}
     return list(out.values())
+
+
+SAMPLES = "reports/eval_samples.jsonl"  # the evaluate stage's per-prompt verdicts (a DVC out, in the cache)
+
+
+def load_samples(ws: Workspace, records: list[dict], metric: str) -> tuple[dict[str, dict], list[str]]:
+    """({experiment name: claims.per_prompt(...)}, [names whose samples could not be read]) from each experiment's
+    reports/eval_samples.jsonl at its commit, read through DVC from the workspace's cache."""
+    import dvc.api
+
+    from gapo.eval.claims import per_prompt
+
+    samples: dict[str, dict] = {}
+    unreadable: list[str] = []
+    for r in records:
+        try:
+            with dvc.api.open(SAMPLES, repo=str(ws.root), rev=r["rev"]) as fh:
+                samples[r["name"]] = per_prompt((json.loads(line) for line in fh if line.strip()), metric)
+        except Exception:  # noqa: BLE001 - an old or gc'ed experiment: its cell is left out and named in the report
+            unreadable.append(r["name"])
+    return samples, unreadable
 
 
 def queue_and_run(params: Params, ws: Workspace) -> dict:
@@ -338,6 +363,11 @@ def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> di
                            f"({len(grid(params))} expected); see `dvc queue status` / `dvc queue logs`")
     c = params.compare
     tables = build_tables(records, c.metric, c.confidence)
+    from gapo.eval.claims import build_claims, render_claims
+
+    samples, unreadable = load_samples(ws, records, c.metric)
+    claims = build_claims(records, samples, c.metric, params.evaluate.paired_resamples, params.seed,
+                          1 - c.confidence, c.confidence)
     missing = sorted(set(exp_name(grid_id(params), *g) for g in grid(params)) - {r["name"] for r in records})
     meta = {"grid": f"methods {', '.join(c.methods)} × paradigms {', '.join(c.paradigms)} × seeds "
                     f"{', '.join(map(str, c.seeds))} ({len(records)}/{len(grid(params))} experiments finished)",
@@ -346,14 +376,17 @@ def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> di
             "test prompts": _num_prompts(records)}
     if missing:
         meta["missing"] = ", ".join(missing)
+    if unreadable:
+        meta["no per-prompt answers (left out of the claims)"] = ", ".join(unreadable)
     ws.reports.mkdir(parents=True, exist_ok=True)
     md, png, js = ws.reports / "compare.md", ws.reports / "compare.png", ws.reports / "compare.json"
     with atomic_file(md) as fh:
-        fh.write(render_markdown(tables, meta))
+        fh.write(render_markdown(tables, meta) + "\n" + render_claims(claims))
     plot_compare(tables, png)
     with atomic_file(js) as fh:
-        fh.write(json.dumps({"tables": _jsonable(tables), "records": records}, indent=2, sort_keys=True))
-    _log_to_mlflow(tables, [md, png, js])
+        fh.write(json.dumps({"tables": _jsonable(tables), "claims": _jsonable(claims), "records": records},
+                            indent=2, sort_keys=True))
+    _log_to_mlflow(tables, [md, png, js], claims)
     return {"report": str(md), "figure": str(png), "experiments": len(records), "expected": len(grid(params)),
             **info, "overall": {p: {m: round(r["overall"]["mean"], 4) for m, r in rows.items()}
                                 for p, rows in tables["main"].items()}}
@@ -374,7 +407,7 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _log_to_mlflow(tables: dict, files: list[Path]) -> None:
+def _log_to_mlflow(tables: dict, files: list[Path], claims: Optional[dict] = None) -> None:
     """Into the `compare` stage's MLflow run (opened by gapo.tracking's stage wrapper); nothing when untracked."""
     from gapo.tracking import backend
 
@@ -391,6 +424,10 @@ def _log_to_mlflow(tables: dict, files: list[Path]) -> None:
                 v = row["overall"][k]
                 if not math.isnan(v):
                     metrics[f"compare/{paradigm}/{method}/{k}"] = v
+    for row in (claims or {}).get("method_order", []) + (claims or {}).get("pp_vs_pr", []):
+        where = row.get("paradigm") or row.get("method")
+        for k in ("delta", "p", "p_holm"):
+            metrics[f"claims/{where}/{row['a']}_vs_{row['b']}/{k}"] = row[k]
     if metrics:
         mlflow.log_metrics(metrics)
     for f in files:

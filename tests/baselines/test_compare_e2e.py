@@ -62,6 +62,11 @@ def test_compare_grid_end_to_end(scratch):
 
     sft = json.loads((root / "reports" / "compare.json").read_text())["tables"]["main"]["pp"]["sft"]["overall"]
     assert sft["n"] == 2 and sft["std"] == 0.0
+    # the paper's claim "SFT beats DPO", tested on both seeds' answers read back through DVC at each experiment
+    claims = json.loads((root / "reports" / "compare.json").read_text())["claims"]
+    (row,) = claims["method_order"]
+    assert (row["a"], row["b"], row["seeds"]) == ("sft", "dpo", [1, 2]) and row["n_pairs"] == 2 * row["n_prompts"] > 0
+    assert f"| pp | sft > dpo (78.3 vs 33.3) | 2 × {row['n_prompts']} |" in md and "no per-prompt answers" not in md
     assert (root / "params.yaml").read_bytes() == original_params  # restored after queueing
     # both files were logged to the `compare` stage's MLflow run in the workspace's store
     import mlflow
