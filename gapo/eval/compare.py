@@ -4,7 +4,8 @@
    to queue them (DVC stashes the workspace per queued experiment; the file is restored afterwards).
 2. Each grid point is `dvc exp run --queue -S method=M -S paradigm=P -S <compare.seed_param>=S -n <name> <target>`;
    a point whose named experiment already finished is not queued again (its results are reused), nor is one still
-   queued or running in DVC's queue from an interrupted call (this call's --run-all runs it).
+   queued or running in DVC's queue from an interrupted call (this call's --run-all runs it). One DVC lists as running
+   whose executor process is gone (the grid was killed mid-experiment) is failed, removed and queued again.
 3. `dvc exp run --run-all --jobs <compare.jobs>` runs the queue (local workers; no network).
 4. `dvc exp show --json` gives every experiment's params and metrics/evaluate.json; `build_tables` (pure) turns the
    grid's records into mean and t-interval over seeds per method (rows) x overall + per constraint category
@@ -15,7 +16,7 @@
    reports/compare.md and compare.json.
 
 API (pure): `t_quantile(p, df)`, `t_interval(values, confidence)`, `records_from_exp_show(doc)`,
-`pending_from_exp_show(doc)`, `build_tables(records, metric, confidence)`, `render_markdown(tables, meta)`;
+`pending_from_exp_show(doc)`, `stale_from_exp_show(doc, alive)`, `build_tables(records, metric, confidence)`, `render_markdown(tables, meta)`;
 (I/O) `plot_compare(tables, out)`, `run_compare(params, ws, collect_only=False)`.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from gapo.config import Params
 from gapo.errors import GapoError
@@ -120,12 +121,43 @@ def records_from_exp_show(doc: Any) -> list[dict]:
     return out
 
 
-def pending_from_exp_show(doc: Any) -> set[str]:
+def pending_from_exp_show(doc: Any, alive: Callable[[int], bool] = lambda pid: True) -> set[str]:
     """Names of the experiments DVC's queue holds as queued or running (`executor.state` in `dvc exp show --json`):
-    they have no metrics yet, and queueing one of them again would run it twice."""
+    they have no metrics yet, and queueing one of them again would run it twice. A running one whose executor
+    process (`executor.local.pid`) is not `alive` is left out: see `stale_from_exp_show`."""
+    stale = stale_from_exp_show(doc, alive)
     return {str(node["name"]) for node in _dict_nodes(doc)
             if isinstance(node.get("executor"), dict) and node["executor"].get("state") in ("queued", "running")
-            and node.get("name")}
+            and node.get("name")} - stale
+
+
+def stale_from_exp_show(doc: Any, alive: Callable[[int], bool]) -> set[str]:
+    """Experiments DVC still lists as running whose executor process is gone: a grid killed mid-experiment (a
+    machine or session that ended) leaves its task `running` with no worker, and `dvc exp run --run-all` would then
+    wait for it forever. They are failed with `dvc queue kill --force` and queued again."""
+    out = set()
+    for node in _dict_nodes(doc):
+        ex = node.get("executor")
+        if isinstance(ex, dict) and ex.get("state") == "running" and node.get("name"):
+            pid = (ex.get("local") or {}).get("pid")
+            if isinstance(pid, int) and not alive(pid):
+                out.add(str(node["name"]))
+    return out
+
+
+def process_alive(pid: int) -> bool:
+    """A live process with that pid that is a DVC executor, `dvc exp exec-run` (a recycled pid does not count)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:  # no /proc (macOS): signal 0 only says whether the pid exists
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return b"exec-run" in cmdline  # `dvc exp exec-run`, the process DVC records as the executor
 
 
 def _method_key(m: str) -> tuple:
@@ -324,10 +356,16 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
 
     gid = grid_id(params)
     doc = _exp_show(ws)
+    names = {exp_name(gid, *g) for g in grid(params)}
+    stale = sorted(names & stale_from_exp_show(doc, process_alive))
+    if stale:
+        _dvc(["queue", "kill", "--force", *stale], ws.root)
+        _dvc(["queue", "remove", *stale], ws.root)
+        doc = _exp_show(ws)
     done = {r["name"] for r in collect(ws, params, doc)}
     # A grid interrupted during its run leaves its unfinished points in DVC's queue: they run with this call's
     # --run-all instead of being queued a second time.
-    pending = {exp_name(gid, *g) for g in grid(params)} & pending_from_exp_show(doc) - done
+    pending = names & pending_from_exp_show(doc, process_alive) - done
     todo = [(m, p, s) for m, p, s in grid(params) if exp_name(gid, m, p, s) not in done | pending]
     params_file = ws.root / "params.yaml"
     original = params_file.read_bytes() if params_file.exists() else None
@@ -349,14 +387,15 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
     if todo or pending:
         # Output streams to the terminal: a grid takes long and the per-stage progress is the only sign of life.
         _dvc(["exp", "run", "--run-all", "--jobs", str(params.compare.jobs)], ws.root, capture=False)
-    return {"queued": len(todo), "already_queued": len(pending), "reused": len(done),
+    return {"queued": len(todo), "already_queued": len(pending), "reused": len(done), "restarted": len(stale),
             "run_s": round(time.perf_counter() - t0, 1)}
 
 
 def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> dict:
     from gapo.io import atomic_file
 
-    info = {"queued": 0, "already_queued": 0, "reused": 0, "run_s": 0.0} if collect_only else queue_and_run(params, ws)
+    info = ({"queued": 0, "already_queued": 0, "reused": 0, "restarted": 0, "run_s": 0.0} if collect_only
+            else queue_and_run(params, ws))
     records = collect(ws, params)
     if not records:
         raise CompareError(f"compare: no finished experiment of grid {grid_id(params)} in `dvc exp show` "

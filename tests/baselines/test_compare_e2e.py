@@ -140,3 +140,52 @@ def test_compare_rerun_reuses_the_finished_experiment(scratch, monkeypatch):
     assert set(after) == {s1, s2}
     assert _queue_status_names(root, env).count(s2) == 1  # run once
     assert "(2/2 experiments finished)" in (root / "reports" / "compare.md").read_text()
+
+
+def _kill_processes_under(root: Path) -> int:
+    """SIGKILL every process whose working directory is inside `root`: DVC's queue worker and executor start their
+    own sessions, so killing the `gapo compare` process group leaves them running, as a machine shutdown would not."""
+    import signal
+
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(str(root)):
+                os.kill(int(pid), signal.SIGKILL)
+                n += 1
+        except OSError:
+            continue
+    return n
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc to find DVC's detached workers")
+def test_compare_resumes_after_a_kill_mid_experiment(scratch):
+    """The grid is killed (SIGKILL to everything it started) while its second experiment runs. DVC then lists that
+    experiment as running with no process behind it; the rerun fails and requeues it instead of waiting for it
+    forever, and keeps the finished first experiment."""
+    import signal
+    import time
+
+    root, env, gapo = _grid_repo(scratch)
+    args = [*gapo, "--profile", "tiny", *GRID, "-S", "compare.seeds=[1]", "compare"]
+    log = open(scratch / "first.log", "w")
+    first = subprocess.Popen(args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 1200
+    while not _grid_experiments(root):
+        assert first.poll() is None and time.time() < deadline, (scratch / "first.log").read_text()[-3000:]
+        time.sleep(2)
+    before = _grid_experiments(root)
+    time.sleep(15)  # into the second experiment
+    os.killpg(first.pid, signal.SIGKILL)
+    assert _kill_processes_under(root) > 0  # DVC's worker and executor outlived the process group
+    first.wait()
+    status = subprocess.run(["dvc", "queue", "status"], cwd=root, env=env, capture_output=True, text=True).stdout
+    assert "Running" in status and "0 active" in status  # the stale task the rerun must not wait for
+
+    again = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=1500)
+    assert again.returncode == 0, again.stderr[-3000:] + again.stdout[-2000:]
+    assert '"restarted": 1' in again.stdout and '"reused": 1' in again.stdout
+    after = _grid_experiments(root)
+    assert len(after) == 2 and all(after[k] == v for k, v in before.items())
+    assert "(2/2 experiments finished)" in (root / "reports" / "compare.md").read_text()

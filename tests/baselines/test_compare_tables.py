@@ -150,3 +150,25 @@ def test_pending_from_exp_show():
         {"name": "c", "executor": {"state": "success"}, "revs": []},
         {"name": "d", "executor": {"state": "failed"}, "revs": []}, {"name": "e", "revs": []}]}]
     assert C.pending_from_exp_show(doc) == {"a", "b"}
+
+
+def test_stale_running_experiments_are_not_pending():
+    doc = [{"rev": "abc", "experiments": [
+        {"name": "live", "executor": {"state": "running", "local": {"pid": 11}}, "revs": []},
+        {"name": "dead", "executor": {"state": "running", "local": {"pid": 22}}, "revs": []},
+        {"name": "no_pid", "executor": {"state": "running", "local": None}, "revs": []},
+        {"name": "queued", "executor": {"state": "queued", "local": {"pid": 22}}, "revs": []}]}]
+    alive = {11: True, 22: False}.__getitem__
+    assert C.stale_from_exp_show(doc, alive) == {"dead"}  # only a running task can be stale; no pid: trust DVC
+    assert C.pending_from_exp_show(doc, alive) == {"live", "no_pid", "queued"}
+
+
+def test_process_alive():
+    import os
+    import subprocess
+    import sys
+
+    assert C.process_alive(os.getpid()) is False  # pytest is alive but is no DVC executor
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert C.process_alive(child.pid) is False
