@@ -56,12 +56,48 @@ def artifact_location(params: Params, root: Path, uri: str) -> str | None:
     return (home_root(root) / loc).resolve().as_uri()
 
 
+def ensure_sqlite_store(uri: str) -> None:
+    """Create a missing SQLite store whole, or not at all.
+
+    MLflow creates its tables by running ~50 schema migrations in place; a process killed among them leaves a
+    database whose schema is ahead of its recorded version, and every later run then fails on the next migration
+    ("duplicate column name: run_link", found by the kill schedule, docs/reliability.md). So a new store is migrated
+    in a temp sibling (`.<name>.<random>.tmp`, swept like an atomic write's) and hard-linked into place: the link
+    fails if another process got there first, whose store is just as complete."""
+    if not uri.startswith("sqlite:////"):  # tracking_uri made local stores absolute; anything else is not ours
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.exists():
+        return
+    import tempfile
+
+    import mlflow
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)  # what MLflow's own create would give it, not mkstemp's 0600
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        client = mlflow.MlflowClient(tracking_uri="sqlite:///" + str(tmp), registry_uri="sqlite:///" + str(tmp))
+        client.search_experiments(max_results=1)  # the tracking store's migrations: every table, registry included
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def configure(params: Params, root: Path) -> str:
     """Point MLflow at the backend and make sure the experiment exists; returns its id."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(params, root)
+    ensure_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or params.tracking.experiment
