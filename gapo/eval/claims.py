@@ -156,7 +156,7 @@ def render_claims(claims: Mapping[str, Any]) -> str:
              f"(train seed, test prompt) pairs both have (n = seeds × prompts); the {claims['level'] * 100:g}% interval and p come from a "
              f"paired bootstrap ({claims['resamples']} resamples) with the prompt as the unit, so one prompt's pairs "
              "from every seed stay together. Holm p adjusts p over all rows of this section; the verdict reads it at "
-             f"α = {claims['alpha']}: **holds** (Δ > 0), **reversed** (Δ < 0) or **inside the noise**. A only / "
+             f"α = {claims['alpha']:g}: **holds** (Δ > 0), **reversed** (Δ < 0) or **inside the noise**. A only / "
              "B only: the discordant pairs and the exact McNemar p over all pairs (it treats one prompt's seeds as "
              "independent pairs; with one seed it tests the same thing as the bootstrap).", ""]
     if claims["method_order"]:

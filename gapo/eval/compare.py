@@ -406,7 +406,7 @@ def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> di
 
     samples, unreadable = load_samples(ws, records, c.metric)
     claims = build_claims(records, samples, c.metric, params.evaluate.paired_resamples, params.seed,
-                          1 - c.confidence, c.confidence)
+                          round(1 - c.confidence, 9), c.confidence)
     missing = sorted(set(exp_name(grid_id(params), *g) for g in grid(params)) - {r["name"] for r in records})
     meta = {"grid": f"methods {', '.join(c.methods)} × paradigms {', '.join(c.paradigms)} × seeds "
                     f"{', '.join(map(str, c.seeds))} ({len(records)}/{len(grid(params))} experiments finished)",
