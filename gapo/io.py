@@ -30,7 +30,8 @@ def _umask() -> int:
     return mask
 
 
-def _tmp_sibling(path: Path, suffix: str = "") -> Path:
+def tmp_sibling(path: Path, suffix: str = "") -> Path:
+    """A new empty `.<name>.<random>.tmp<suffix>` beside `path` (gapo.sweep removes orphans of that form)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     # mkstemp creates 0600; outputs should get the permissions a plain open() would give them.
@@ -43,7 +44,7 @@ def _tmp_sibling(path: Path, suffix: str = "") -> Path:
 def atomic_file(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
     """Open a temp file beside `path`; on success rename it over `path`, on error delete it."""
     path = Path(path)
-    tmp = _tmp_sibling(path)
+    tmp = tmp_sibling(path)
     try:
         kwargs = {} if "b" in mode else {"encoding": encoding}
         with open(tmp, mode, **kwargs) as fh:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-# tempfile.mkstemp / mkdtemp put 8 characters of [a-z0-9_] between our prefix and suffix (gapo.io._tmp_sibling).
+# tempfile.mkstemp / mkdtemp put 8 characters of [a-z0-9_] between our prefix and suffix (gapo.io.tmp_sibling).
 _RANDOM = r"[a-z0-9_]{8}"
 TEMP_NAME = re.compile(rf"^\..+\.{_RANDOM}\.(?:tmp|old)$")
 TRAINER_SCRATCH = re.compile(rf"^gapo-(?:dpo|kto|orpo|simpo)-{_RANDOM}$")

@@ -69,17 +69,11 @@ def ensure_sqlite_store(uri: str) -> None:
     path = Path(uri[len("sqlite:///"):])
     if path.exists():
         return
-    import tempfile
-
     import mlflow
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.fchmod(fd, 0o666 & ~mask)  # what MLflow's own create would give it, not mkstemp's 0600
-    os.close(fd)
-    tmp = Path(name)
+    from gapo.io import tmp_sibling
+
+    tmp = tmp_sibling(path)
     try:
         client = mlflow.MlflowClient(tracking_uri="sqlite:///" + str(tmp), registry_uri="sqlite:///" + str(tmp))
         client.search_experiments(max_results=1)  # the tracking store's migrations: every table, registry included
