@@ -72,8 +72,8 @@ def paired_delta(a: Runs, b: Runs, resamples: int = 10_000, seed: int = 0, level
     keys = sorted(diff)
     boot = paired_bootstrap([diff[k] for k in keys], [weight[k] for k in keys], resamples, seed, level)
     total = sum(weight.values())
-    out = {"seeds": seeds, "n_prompts": len(keys), "n_pairs": pairs,
-           "a_acc": a_pass / total, "b_acc": b_pass / total, "delta": boot["delta"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"], "p": boot["p_value"]}
+    out = {"seeds": seeds, "n_prompts": len(keys), "n_pairs": pairs, "a_acc": a_pass / total, "b_acc": b_pass / total,
+           "delta": boot["delta"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"], "p": boot["p_value"]}
     if mcnemar:
         out.update({"a_only": a_only, "b_only": b_only, "p_mcnemar": mcnemar_exact(a_only, b_only)})
     return out
@@ -153,9 +153,10 @@ def render_claims(claims: Mapping[str, Any]) -> str:
     lines = ["## The paper's claims, tested prompt by prompt", "",
              f"Each row is one claim \"A beats B\" on `{claims['metric']}`: the paper's ranking (Gu et al. 2025, "
              "Table 4, IFEval overall %; Table 6, PDD %, PP vs PR) against this grid's answers. Δ = A − B over the "
-             f"(train seed, test prompt) pairs both have (n = seeds × prompts); the {claims['level'] * 100:g}% interval and p come from a "
-             f"paired bootstrap ({claims['resamples']} resamples) with the prompt as the unit, so one prompt's pairs "
-             "from every seed stay together. Holm p adjusts p over all rows of this section; the verdict reads it at "
+             f"(train seed, test prompt) pairs both have (n = seeds × prompts); the {claims['level'] * 100:g}% "
+             f"interval and p come from a paired bootstrap ({claims['resamples']} resamples) with the prompt as the "
+             "unit, so one prompt's pairs from every seed stay together. Holm p adjusts p over all rows of this "
+             "section; the verdict reads it at "
              f"α = {claims['alpha']:g}: **holds** (Δ > 0), **reversed** (Δ < 0) or **inside the noise**. A only / "
              "B only: the discordant pairs and the exact McNemar p over all pairs (it treats one prompt's seeds as "
              "independent pairs; with one seed it tests the same thing as the bootstrap).", ""]

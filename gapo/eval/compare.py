@@ -16,7 +16,8 @@
    reports/compare.md and compare.json.
 
 API (pure): `t_quantile(p, df)`, `t_interval(values, confidence)`, `records_from_exp_show(doc)`,
-`pending_from_exp_show(doc)`, `stale_from_exp_show(doc, alive)`, `build_tables(records, metric, confidence)`, `render_markdown(tables, meta)`;
+`pending_from_exp_show(doc)`, `stale_from_exp_show(doc, alive)`, `build_tables(records, metric, confidence)`,
+`render_markdown(tables, meta)`;
 (I/O) `plot_compare(tables, out)`, `run_compare(params, ws, collect_only=False)`.
 """
 from __future__ import annotations
