@@ -17,7 +17,11 @@ Pure functions (records and sample rows in, numbers out):
 - `holm(ps)`: Holm's step-down adjustment (family-wise error over all claims of one report).
 - `build_claims(records, samples, ...)`: the method-order and the PP-vs-PR claims, each with its verdict at `alpha`
   on the Holm-adjusted p: "holds" (Δ > 0), "reversed" (Δ < 0), or "inside the noise".
-- `render_claims(claims)`: the markdown section.
+- `pooled_cells(...)`: each (paradigm, method)'s accuracy over all its seeds and prompts, with the same
+  prompt-clustered bootstrap interval: the "n and interval per cell" that a t-interval over 1 to 3 seeds cannot give.
+- `summarize(claims)`: one verdict per paper claim (GAPO beats every baseline; the baselines' order; PP beats PR):
+  "holds" when every comparison under it holds, "fails" when any is reversed, otherwise "unresolved".
+- `render_claims(claims)`: the markdown section, the per-claim paragraphs first.
 """
 from __future__ import annotations
 
@@ -37,6 +41,16 @@ _INST_FIELDS = {"inst_level_strict_acc": "follow_instruction_list_strict",
                 "inst_level_loose_acc": "follow_instruction_list_loose"}
 
 Runs = Mapping[int, Mapping[str, tuple[int, int]]]  # seed -> prompt key -> (passed, total)
+
+# (id, the claim in words, which rows of build_claims test it)
+PAPER_CLAIMS = (
+    ("gapo_beats_all", "GAPO beats every other method (Table 4)",
+     lambda r: r["kind"] == "method_order" and r["a"] == "gapo"),
+    ("baseline_order", "The baselines rank SFT > PPO > KTO > DPO (Table 4)",
+     lambda r: r["kind"] == "method_order" and r["a"] != "gapo"),
+    ("pp_beats_pr", "Preferential Prompt data beats Preferential Response data for the same method (Table 6)",
+     lambda r: r["kind"] == "pp_vs_pr"),
+)
 
 
 def per_prompt(rows: Iterable[Mapping[str, Any]], metric: str) -> dict[str, tuple[int, int]]:
@@ -105,6 +119,27 @@ def _runs(records: Iterable[Mapping[str, Any]], samples: Mapping[str, Mapping[st
     return out
 
 
+def pooled_cells(records: Iterable[Mapping[str, Any]], samples: Mapping[str, Mapping[str, tuple[int, int]]],
+                 resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> list[dict[str, Any]]:
+    """[{paradigm, method, seeds, n_prompts, acc, ci_low, ci_high}]: passed / total over every (seed, prompt) of the
+    cell; the interval resamples prompts with all their seeds (the same unit as `paired_delta`)."""
+    out = []
+    for (method, paradigm), by_seed in _runs(records, samples).items():
+        passed: dict[str, float] = {}
+        total: dict[str, float] = {}
+        for runs in by_seed.values():
+            for key, (p, t) in runs.items():
+                passed[key] = passed.get(key, 0) + p
+                total[key] = total.get(key, 0) + t
+        keys = sorted(k for k in total if total[k] > 0)
+        if not keys:
+            continue
+        boot = paired_bootstrap([passed[k] for k in keys], [total[k] for k in keys], resamples, seed, level)
+        out.append({"paradigm": paradigm, "method": method, "seeds": sorted(by_seed), "n_prompts": len(keys),
+                    "acc": boot["delta"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"]})
+    return sorted(out, key=lambda c: (c["paradigm"], -PAPER_IFEVAL.get(c["method"], -1), c["method"]))
+
+
 def build_claims(records: Iterable[Mapping[str, Any]], samples: Mapping[str, Mapping[str, tuple[int, int]]],
                  metric: str, resamples: int = 10_000, seed: int = 0, alpha: float = 0.05,
                  level: float = 0.95) -> dict[str, Any]:
@@ -134,8 +169,41 @@ def build_claims(records: Iterable[Mapping[str, Any]], samples: Mapping[str, Map
         row["p_holm"] = p
         row["verdict"] = verdict(row["delta"], p, alpha)
     return {"metric": metric, "alpha": alpha, "level": level, "resamples": resamples,
+            "cells": pooled_cells(records, samples, resamples, seed, level),
             "method_order": [r for r in rows if r["kind"] == "method_order"],
             "pp_vs_pr": [r for r in rows if r["kind"] == "pp_vs_pr"]}
+
+
+def summarize(claims: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """[{id, claim, status, rows}] for each paper claim the grid tests (one with no row is left out)."""
+    rows = list(claims["method_order"]) + list(claims["pp_vs_pr"])
+    out = []
+    for cid, text, tests in PAPER_CLAIMS:
+        mine = [r for r in rows if tests(r)]
+        if not mine:
+            continue
+        verdicts = {r["verdict"] for r in mine}
+        status = "fails" if "reversed" in verdicts else "holds" if verdicts == {"holds"} else "unresolved"
+        out.append({"id": cid, "claim": text, "status": status, "rows": mine})
+    return out
+
+
+def _label(r: Mapping[str, Any]) -> str:
+    if r["kind"] == "pp_vs_pr":
+        return f"{r['method']} PP > PR"
+    return f"{r['a']} > {r['b']} ({r['paradigm'].upper()} data)"
+
+
+def _paragraph(s: Mapping[str, Any]) -> str:
+    counts = {v: sum(r["verdict"] == v for r in s["rows"]) for v in ("holds", "reversed", "inside the noise")}
+    seeds = sorted({len(r["seeds"]) for r in s["rows"]})
+    prompts = sorted({r["n_prompts"] for r in s["rows"]})
+    evidence = "; ".join(f"{_label(r)} {_pct(r['delta'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}], Holm p "
+                         f"{r['p_holm']:.2g} ({r['verdict']})" for r in s["rows"])
+    n = f"n = {'–'.join(map(str, seeds))} seed{'s' if seeds[-1] > 1 else ''} × {'–'.join(map(str, prompts))} prompts"
+    return (f"**{s['claim']}: {s['status']}.** {len(s['rows'])} comparisons: {counts['holds']} hold, "
+            f"{counts['reversed']} reversed, {counts['inside the noise']} inside the noise ({n} each). "
+            f"Δ in points [95% CI]: {evidence}.")
 
 
 def _pct(x: float) -> str:
@@ -159,7 +227,18 @@ def render_claims(claims: Mapping[str, Any]) -> str:
              "section; the verdict reads it at "
              f"α = {claims['alpha']:g}: **holds** (Δ > 0), **reversed** (Δ < 0) or **inside the noise**. A only / "
              "B only: the discordant pairs and the exact McNemar p over all pairs (it treats one prompt's seeds as "
-             "independent pairs; with one seed it tests the same thing as the bootstrap).", ""]
+             "independent pairs; with one seed it tests the same thing as the bootstrap).", "",
+             "A paper claim **holds** when every comparison under it holds, **fails** when any is reversed, and is "
+             "**unresolved** otherwise.", ""]
+    for s in summarize(claims):
+        lines += [_paragraph(s), ""]
+    if claims.get("cells"):
+        lines += [f"### Each cell pooled over its seeds ({claims['level'] * 100:g}% CI over prompts)", "",
+                  "| data | method | n | % | CI |", "|---|---|---|---|---|"]
+        for c in claims["cells"]:
+            lines.append(f"| {c['paradigm']} | {c['method']} | {len(c['seeds'])} × {c['n_prompts']} | "
+                         f"{c['acc'] * 100:.1f} | [{c['ci_low'] * 100:.1f}, {c['ci_high'] * 100:.1f}] |")
+        lines.append("")
     if claims["method_order"]:
         lines += ["### Method order (Table 4: GAPO 83.9 > SFT 78.3 > PPO 75.6 > KTO 54.4 > DPO 33.3)", "",
                   "| data | A > B (paper) | n | A % | B % | Δ [95% CI] | p | Holm p | A only / B only, McNemar p "

@@ -5,7 +5,9 @@
 2. Each grid point is `dvc exp run --queue -S method=M -S paradigm=P -S <compare.seed_param>=S -n <name> <target>`;
    a point whose named experiment already finished is not queued again (its results are reused), nor is one still
    queued or running in DVC's queue from an interrupted call (this call's --run-all runs it). One DVC lists as running
-   whose executor process is gone (the grid was killed mid-experiment) is failed, removed and queued again.
+   whose executor process is gone (the grid was killed mid-experiment) is failed, removed and queued again. A grid
+   runs on one commit: with experiments of the grid on another commit (HEAD moved on mid-grid), nothing is queued
+   and the error says how to go on (`check_one_baseline`); `--collect-only` reads the grid on its own commit.
 3. `dvc exp run --run-all --jobs <compare.jobs>` runs the queue (local workers; no network).
 4. `dvc exp show --json` gives every experiment's params and metrics/evaluate.json; `build_tables` (pure) turns the
    grid's records into mean and t-interval over seeds per method (rows) x overall + per constraint category
@@ -16,7 +18,9 @@
    reports/compare.md and compare.json.
 
 API (pure): `t_quantile(p, df)`, `t_interval(values, confidence)`, `records_from_exp_show(doc)`,
-`pending_from_exp_show(doc)`, `stale_from_exp_show(doc, alive)`, `build_tables(records, metric, confidence)`,
+`pending_from_exp_show(doc)`, `queued_from_exp_show(doc)`, `live_from_exp_show(doc, alive)`,
+`stale_from_exp_show(doc, alive)`, `baselines_from_git(refs, stash_log, gid)`,
+`check_one_baseline(found, head, gid)`, `build_tables(records, metric, confidence)`,
 `render_markdown(tables, meta)`;
 (I/O) `plot_compare(tables, out)`, `run_compare(params, ws, collect_only=False)`.
 """
@@ -130,6 +134,17 @@ def pending_from_exp_show(doc: Any, alive: Callable[[int], bool] = lambda pid: T
     return {str(node["name"]) for node in _dict_nodes(doc)
             if isinstance(node.get("executor"), dict) and node["executor"].get("state") in ("queued", "running")
             and node.get("name")} - stale
+
+
+def queued_from_exp_show(doc: Any) -> set[str]:
+    """Names of the experiments waiting in DVC's queue (not started)."""
+    return {str(node["name"]) for node in _dict_nodes(doc)
+            if isinstance(node.get("executor"), dict) and node["executor"].get("state") == "queued" and node.get("name")}
+
+
+def live_from_exp_show(doc: Any, alive: Callable[[int], bool]) -> set[str]:
+    """Names of the experiments running now: state `running` and a live executor."""
+    return pending_from_exp_show(doc, alive) - queued_from_exp_show(doc)
 
 
 def stale_from_exp_show(doc: Any, alive: Callable[[int], bool]) -> set[str]:
@@ -313,8 +328,52 @@ def exp_name(gid: str, method: str, paradigm: str, seed: int) -> str:
     return f"cmp-{gid}-{method}-{paradigm}-s{seed}"
 
 
-def _exp_show(ws: Workspace) -> Any:
-    return json.loads(_dvc(["exp", "show", "--json"], ws.root) or "[]")
+def _exp_show(ws: Workspace, rev: Optional[str] = None) -> Any:
+    return json.loads(_dvc(["exp", "show", "--json", *(["--rev", rev] if rev else [])], ws.root) or "[]")
+
+
+def baselines_from_git(refs: str, stash_log: str, gid: str) -> dict[str, dict[str, int]]:
+    """{commit: {"finished": n, "queued": n}} of grid `gid`'s experiments, from `git for-each-ref
+    --format=%(refname) refs/exps` (a finished experiment is refs/exps/<sha[:2]>/<sha[2:]>/<name>) and `git log -g
+    --format=%gs refs/exps/celery/stash` (a queued one is DVC's stash entry "...dvc-exp:<baseline>:<rev>:<name>")."""
+    out: dict[str, dict[str, int]] = {}
+    prefix = f"cmp-{gid}-"
+    for line in refs.splitlines():
+        parts = line.strip().split("/")
+        if len(parts) == 5 and parts[:2] == ["refs", "exps"] and parts[4].startswith(prefix):
+            out.setdefault(parts[2] + parts[3], {"finished": 0, "queued": 0})["finished"] += 1
+    for line in stash_log.splitlines():
+        _, _, entry = line.partition("dvc-exp:")
+        fields = entry.strip().split(":")
+        if len(fields) == 3 and fields[2].startswith(prefix):
+            out.setdefault(fields[0], {"finished": 0, "queued": 0})["queued"] += 1
+    return out
+
+
+def grid_baselines(ws: Workspace, gid: str) -> dict[str, dict[str, int]]:
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=ws.root, capture_output=True, text=True)
+        return proc.stdout if proc.returncode == 0 else ""  # no stash ref yet: nothing queued
+
+    return baselines_from_git(git("for-each-ref", "--format=%(refname)", "refs/exps"),
+                              git("log", "-g", "--format=%gs", "refs/exps/celery/stash"), gid)
+
+
+def _head(ws: Workspace) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws.root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def check_one_baseline(found: dict[str, dict[str, int]], head: str, gid: str) -> None:
+    """A grid runs on the commit it was queued at (DVC experiments hang off their baseline commit). Queueing it again
+    on another HEAD would run every experiment a second time, on other code: refuse, and say how to go on."""
+    other = {c: n for c, n in found.items() if c != head}
+    if other:
+        where = "; ".join(f"{c[:7]}: {n['finished']} finished, {n['queued']} queued" for c, n in sorted(other.items()))
+        first = sorted(other)[0][:7]
+        raise CompareError(f"compare: grid {gid} has experiments on another commit ({where}) and HEAD is {head[:7]}; "
+                           f"continue it with `git checkout {first}` then `gapo compare`, or start it again on HEAD "
+                           f"after `dvc queue remove --queued && dvc exp remove --rev {first}`")
 
 
 def collect(ws: Workspace, params: Params, doc: Any = None) -> list[dict]:
@@ -356,8 +415,14 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
     from gapo.io import atomic_file
 
     gid = grid_id(params)
+    check_one_baseline(grid_baselines(ws, gid), _head(ws), gid)
     doc = _exp_show(ws)
     names = {exp_name(gid, *g) for g in grid(params)}
+    live = sorted(names & live_from_exp_show(doc, process_alive))
+    if live:
+        # Its queue worker holds DVC's repository lock until the queue is empty: queueing would fail half-way.
+        raise CompareError(f"compare: grid {gid} is running in DVC's queue ({live[0]}); follow it with `dvc queue "
+                           f"status` and rerun when it has finished, or after `dvc queue stop --kill`")
     stale = sorted(names & stale_from_exp_show(doc, process_alive))
     if stale:
         _dvc(["queue", "kill", "--force", *stale], ws.root)
@@ -368,6 +433,14 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
     # --run-all instead of being queued a second time.
     pending = names & pending_from_exp_show(doc, process_alive) - done
     todo = [(m, p, s) for m, p, s in grid(params) if exp_name(gid, m, p, s) not in done | pending]
+    waiting = names & queued_from_exp_show(doc) - done if todo else set()
+    if waiting:
+        # DVC's queue is first in, first out: a point queued now (a restarted one, say) would run after everything
+        # waiting. The waiting points are queued again with it in grid order, so that a grid stopped early still has
+        # whole seeds.
+        _dvc(["queue", "remove", *sorted(waiting)], ws.root)
+        pending -= waiting
+        todo = [(m, p, s) for m, p, s in grid(params) if exp_name(gid, m, p, s) not in done | pending]
     params_file = ws.root / "params.yaml"
     original = params_file.read_bytes() if params_file.exists() else None
     base = params.model_copy(deep=True)
@@ -388,22 +461,27 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
     if todo or pending:
         # Output streams to the terminal: a grid takes long and the per-stage progress is the only sign of life.
         _dvc(["exp", "run", "--run-all", "--jobs", str(params.compare.jobs)], ws.root, capture=False)
-    return {"queued": len(todo), "already_queued": len(pending), "reused": len(done), "restarted": len(stale),
+    return {"queued": len(todo) - len(waiting), "requeued_in_order": len(waiting), "already_queued": len(pending),
+            "reused": len(done), "restarted": len(stale),
             "run_s": round(time.perf_counter() - t0, 1)}
 
 
 def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> dict:
     from gapo.io import atomic_file
 
-    info = ({"queued": 0, "already_queued": 0, "reused": 0, "restarted": 0, "run_s": 0.0} if collect_only
+    info = ({"queued": 0, "requeued_in_order": 0, "already_queued": 0, "reused": 0, "restarted": 0, "run_s": 0.0}
+            if collect_only
             else queue_and_run(params, ws))
-    records = collect(ws, params)
+    # --collect-only reads the grid where it ran, even after HEAD moved on (a `git pull` during a long grid)
+    found = {c: n for c, n in grid_baselines(ws, grid_id(params)).items() if n["finished"]}
+    rev = max(found, key=lambda c: found[c]["finished"]) if collect_only and found else None
+    records = collect(ws, params, _exp_show(ws, rev) if rev else None)
     if not records:
         raise CompareError(f"compare: no finished experiment of grid {grid_id(params)} in `dvc exp show` "
                            f"({len(grid(params))} expected); see `dvc queue status` / `dvc queue logs`")
     c = params.compare
     tables = build_tables(records, c.metric, c.confidence)
-    from gapo.eval.claims import build_claims, render_claims
+    from gapo.eval.claims import build_claims, render_claims, summarize
 
     samples, unreadable = load_samples(ws, records, c.metric)
     claims = build_claims(records, samples, c.metric, params.evaluate.paired_resamples, params.seed,
@@ -424,11 +502,14 @@ def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> di
         fh.write(render_markdown(tables, meta) + "\n" + render_claims(claims))
     plot_compare(tables, png)
     with atomic_file(js) as fh:
-        fh.write(json.dumps({"tables": _jsonable(tables), "claims": _jsonable(claims), "records": records},
+        paper = [{k: c[k] for k in ("id", "claim", "status")} for c in summarize(claims)]
+        fh.write(json.dumps({"tables": _jsonable(tables), "claims": _jsonable(claims), "paper_claims": paper,
+                             "records": records},
                             indent=2, sort_keys=True))
     _log_to_mlflow(tables, [md, png, js], claims)
     return {"report": str(md), "figure": str(png), "experiments": len(records), "expected": len(grid(params)),
-            **info, "overall": {p: {m: round(r["overall"]["mean"], 4) for m, r in rows.items()}
+            **info, "paper_claims": {c["id"]: c["status"] for c in summarize(claims)},
+            "overall": {p: {m: round(r["overall"]["mean"], 4) for m, r in rows.items()}
                                 for p, rows in tables["main"].items()}}
 
 
@@ -470,5 +551,9 @@ def _log_to_mlflow(tables: dict, files: list[Path], claims: Optional[dict] = Non
             metrics[f"claims/{where}/{row['a']}_vs_{row['b']}/{k}"] = row[k]
     if metrics:
         mlflow.log_metrics(metrics)
+    if claims:
+        from gapo.eval.claims import summarize
+
+        mlflow.set_tags({f"claim.{c['id']}": c["status"] for c in summarize(claims)})
     for f in files:
         mlflow.log_artifact(str(f), artifact_path="compare")

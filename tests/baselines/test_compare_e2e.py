@@ -78,6 +78,12 @@ def test_compare_grid_end_to_end(scratch):
     arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "compare")}
     assert {"compare/compare.md", "compare/compare.png"} <= arts
     assert any(k.startswith("compare/pp/dpo/") for k in runs[0].data.metrics)
+    # one verdict per paper claim the grid tests: only the baselines' order here, decided by its one row
+    status = {"holds": "holds", "reversed": "fails"}.get(row["verdict"], "unresolved")
+    paper = json.loads((root / "reports" / "compare.json").read_text())["paper_claims"]
+    assert [(c["id"], c["status"]) for c in paper] == [("baseline_order", status)]
+    assert runs[0].data.tags["claim.baseline_order"] == status
+    assert f"**The baselines rank SFT > PPO > KTO > DPO (Table 4): {status}.**" in md
     # a second call reuses the finished experiments instead of queueing them again
     again = subprocess.run([*gapo, "--profile", "tiny", *GRID, "compare"],
                            cwd=root, env=env, capture_output=True, text=True, timeout=600)
@@ -139,6 +145,20 @@ def test_compare_rerun_reuses_the_finished_experiment(scratch, monkeypatch):
     assert after[s1] == sha  # not rerun: a recomputed experiment would be a new commit
     assert set(after) == {s1, s2}
     assert _queue_status_names(root, env).count(s2) == 1  # run once
+    assert "(2/2 experiments finished)" in (root / "reports" / "compare.md").read_text()
+
+    # HEAD moves on mid-grid (a `git pull`): the grid is not queued a second time on the new commit, and its report
+    # is still collected from the commit it ran on
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "moved on"], cwd=root, env=env, check=True)
+    moved = subprocess.run([*gapo, "--profile", "tiny", *one_point, "-S", "compare.seeds=[1,2]", "compare"],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert moved.returncode != 0 and "has experiments on another commit" in moved.stderr
+    assert ": 2 finished, 0 queued) and HEAD is" in moved.stderr and len(moved.stderr.strip().splitlines()) == 1
+    assert _queue_status_names(root, env).count(s2) == 1 and _grid_experiments(root) == after
+    (root / "reports" / "compare.md").unlink()
+    collected = subprocess.run([*gapo, "--profile", "tiny", *one_point, "-S", "compare.seeds=[1,2]", "compare",
+                                "--collect-only"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert collected.returncode == 0, collected.stderr[-3000:]
     assert "(2/2 experiments finished)" in (root / "reports" / "compare.md").read_text()
 
 

@@ -119,6 +119,7 @@ def test_queue_skips_finished_points_and_restores_params(tmp_path, monkeypatch):
         return __import__("json").dumps(show) if args[:2] == ["exp", "show"] else ""
 
     monkeypatch.setattr(C, "_dvc", fake_dvc)
+    monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)  # tmp_path is no git repository: no grid on another commit
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     info = C.queue_and_run(params, Workspace(tmp_path))
     queued = [a for a in calls if "--queue" in a]
@@ -141,6 +142,78 @@ def test_queue_skips_finished_points_and_restores_params(tmp_path, monkeypatch):
     info = C.queue_and_run(params, Workspace(tmp_path))
     assert (info["queued"], info["already_queued"], info["reused"]) == (0, 0, 2)
     assert not any("run" in a for a in calls)
+
+
+def test_a_point_queued_late_keeps_its_grid_place(tmp_path, monkeypatch):
+    """s1 must be queued again (say it was restarted) while s2 and s3 wait in DVC's FIFO queue: they are removed and
+    queued again behind it, so the queue runs s1, s2, s3 rather than s2, s3, s1."""
+    from gapo.config import load_params
+    from gapo.paths import Workspace
+
+    params = load_params(None, ["compare.methods=[sft]", "compare.paradigms=[pp]", "compare.seeds=[1,2,3]"])
+    s1, s2, s3 = (C.exp_name(C.grid_id(params), "sft", "pp", k) for k in (1, 2, 3))
+    show = [{"rev": "abc", "experiments": [{"revs": [{"name": n, "data": {"params": {}, "metrics": {}}}],
+                                            "executor": {"state": "queued", "name": "dvc-task"}, "name": n}
+                                           for n in (s2, s3)]}]
+    calls = []
+
+    def fake_dvc(args, cwd, capture=True):
+        calls.append(args)
+        return __import__("json").dumps(show) if args[:2] == ["exp", "show"] else ""
+
+    monkeypatch.setattr(C, "_dvc", fake_dvc)
+    monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    info = C.queue_and_run(params, Workspace(tmp_path))
+    assert (info["queued"], info["requeued_in_order"], info["already_queued"]) == (1, 2, 0)
+    assert ["queue", "remove", s2, s3] in calls
+    assert [a[a.index("-n") + 1] for a in calls if "--queue" in a] == [s1, s2, s3]
+    # nothing to add: the waiting points stay where they are
+    show[0]["experiments"].insert(0, {"revs": [{"name": s1, "data": {"params": {}, "metrics": {}}}],
+                                      "executor": {"state": "queued", "name": "dvc-task"}, "name": s1})
+    calls.clear()
+    info = C.queue_and_run(params, Workspace(tmp_path))
+    assert (info["queued"], info["requeued_in_order"], info["already_queued"]) == (0, 0, 3)
+    assert not any(a[:2] == ["queue", "remove"] or "--queue" in a for a in calls)
+
+
+def test_a_running_grid_is_left_alone(tmp_path, monkeypatch):
+    from gapo.config import load_params
+    from gapo.paths import Workspace
+
+    params = load_params(None, ["compare.methods=[sft]", "compare.paradigms=[pp]", "compare.seeds=[1,2]"])
+    s1, s2 = (C.exp_name(C.grid_id(params), "sft", "pp", k) for k in (1, 2))
+    show = [{"rev": "abc", "experiments": [
+        {"revs": [{"name": s1, "data": {}}], "executor": {"state": "running", "local": {"pid": 4242}}, "name": s1},
+        {"revs": [{"name": s2, "data": {}}], "executor": {"state": "queued"}, "name": s2}]}]
+    assert C.live_from_exp_show(show, lambda pid: True) == {s1}
+    assert C.live_from_exp_show(show, lambda pid: False) == set()
+    calls = []
+    monkeypatch.setattr(C, "_dvc", lambda args, cwd, capture=True: calls.append(args) or __import__("json").dumps(show))
+    monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)
+    monkeypatch.setattr(C, "process_alive", lambda pid: pid == 4242)
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    with pytest.raises(C.CompareError, match=f"is running in DVC's queue \\({s1}\\)"):
+        C.queue_and_run(params, Workspace(tmp_path))
+    assert all(a[:2] == ["exp", "show"] for a in calls)  # nothing killed, removed or queued
+
+
+def test_baselines_from_git_and_the_one_commit_rule():
+    base, head = "75" + "4" * 38, "e9" + "1" * 38
+    refs = "\n".join([f"refs/exps/75/{'4' * 38}/cmp-abcd1234-sft-pp-s1", f"refs/exps/75/{'4' * 38}/cmp-abcd1234-gapo-pp-s1",
+                      f"refs/exps/e9/{'1' * 38}/cmp-ffff0000-sft-pp-s1",  # another grid
+                      f"refs/exps/e9/{'1' * 38}/my-own-exp", "refs/exps/celery/stash", "refs/exps/exec/EXEC_BASELINE"])
+    stash = "\n".join([f"commit: dvc-exp:{base}:{base}:cmp-abcd1234-dpo-pp-s1",
+                       f"commit: dvc-exp:{head}:{head}:cmp-abcd1234-kto-pp-s1", "commit: something else"])
+    found = C.baselines_from_git(refs, stash, "abcd1234")
+    assert found == {base: {"finished": 2, "queued": 1}, head: {"finished": 0, "queued": 1}}
+    C.check_one_baseline({head: found[head]}, head, "abcd1234")  # all on HEAD: fine
+    C.check_one_baseline({}, head, "abcd1234")  # a new grid: fine
+    with pytest.raises(C.CompareError) as err:
+        C.check_one_baseline(found, head, "abcd1234")
+    msg = str(err.value)
+    assert "(7544444: 2 finished, 1 queued) and HEAD is e911111" in msg
+    assert "`git checkout 7544444`" in msg and "dvc exp remove --rev 7544444" in msg and "\n" not in msg
 
 
 def test_pending_from_exp_show():

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from gapo.eval.claims import build_claims, holm, paired_delta, per_prompt, render_claims, verdict
+from gapo.eval.claims import (build_claims, holm, paired_delta, per_prompt, pooled_cells, render_claims,
+                               summarize, verdict)
 
 
 def _row(key, strict, inst):
@@ -111,3 +112,48 @@ def test_build_claims_skips_experiments_without_samples():
     claims = build_claims(records, samples, "prompt_level_strict_acc", resamples=100)
     assert not any(r["a"] == "gapo" and r.get("paradigm") == "pp" for r in claims["method_order"])
     assert not any(r["method"] == "gapo" for r in claims["pp_vs_pr"])
+
+
+def test_pooled_cells_golden():
+    # gapo pp: seed 1 passes k0..k2, seed 2 passes k0 only -> 4 of 2 × 4 pairs; a prompt's seeds stay together, so
+    # the four prompt clusters are (2, 2), (1, 2), (1, 2), (0, 2): the interval spans [0, 1] at most
+    records = [{"method": "gapo", "paradigm": "pp", "seed": s, "name": f"g{s}"} for s in (1, 2)]
+    records.append({"method": "sft", "paradigm": "pp", "seed": 1, "name": "s1"})
+    samples = {"g1": {"k0": (1, 1), "k1": (1, 1), "k2": (1, 1), "k3": (0, 1)},
+               "g2": {"k0": (1, 1), "k1": (0, 1), "k2": (0, 1), "k3": (0, 1)},
+               "s1": {"k0": (0, 1), "k1": (0, 1), "k2": (0, 1), "k3": (0, 1)}}
+    cells = pooled_cells(records, samples, resamples=2000, seed=0)
+    assert [(c["method"], c["seeds"], c["n_prompts"]) for c in cells] == [("gapo", [1, 2], 4), ("sft", [1], 4)]
+    gapo, sft = cells
+    assert gapo["acc"] == 0.5 and 0.0 <= gapo["ci_low"] < 0.5 < gapo["ci_high"] <= 1.0
+    assert sft["acc"] == 0.0 and sft["ci_low"] == sft["ci_high"] == 0.0
+
+
+def _fake(kind, a, b, v, **kw):
+    return {"kind": kind, "a": a, "b": b, "verdict": v, "seeds": [1], "n_prompts": 200, "delta": 0.04,
+            "ci_low": -0.005, "ci_high": 0.09, "p_holm": 0.49, **kw}
+
+
+def test_summarize_statuses():
+    claims = {"method_order": [_fake("method_order", "gapo", "sft", "holds", paradigm="pp"),
+                               _fake("method_order", "gapo", "ppo", "inside the noise", paradigm="pp"),
+                               _fake("method_order", "sft", "ppo", "holds", paradigm="pp")],
+              "pp_vs_pr": [_fake("pp_vs_pr", "pp", "pr", "reversed", method="gapo"),
+                           _fake("pp_vs_pr", "pp", "pr", "holds", method="ppo")]}
+    got = {s["id"]: (s["status"], len(s["rows"])) for s in summarize(claims)}
+    assert got == {"gapo_beats_all": ("unresolved", 2), "baseline_order": ("holds", 1), "pp_beats_pr": ("fails", 2)}
+    claims["method_order"][1]["verdict"] = "holds"
+    claims["pp_vs_pr"] = []
+    got = {s["id"]: s["status"] for s in summarize(claims)}
+    assert got == {"gapo_beats_all": "holds", "baseline_order": "holds"}  # an untested claim has no verdict
+
+
+def test_render_has_a_paragraph_per_claim_and_the_pooled_cells():
+    records, samples = _records_and_samples()
+    claims = build_claims(records, samples, "prompt_level_strict_acc", resamples=500, seed=0)
+    md = render_claims(claims)
+    assert ("**GAPO beats every other method (Table 4): unresolved.** 4 comparisons: 2 hold, 0 reversed, 2 inside the noise "
+            "(n = 1 seed × 30 prompts each)") in md
+    assert "gapo > sft (PP data) +50.0 [" in md
+    assert "**Preferential Prompt data beats Preferential Response data for the same method (Table 6): " in md
+    assert "| pp | gapo | 1 × 30 | 83.3 | [" in md
