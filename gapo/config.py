@@ -348,6 +348,8 @@ class CompareConfig(Section):
     seeds: list[Seed] = Field([1234, 1235, 1236], min_length=1)
     jobs: int = Field(1, ge=1, description="DVC queue workers; keep 1: with 2, DVC 3.67's file-system broker "
                                            "lost both workers after one experiment each (docs/baselines.md)")
+    worker_restarts: int = Field(3, ge=0, description="times a grid starts DVC's queue worker again when it died "
+                                                      "with experiments still queued")
     seed_param: Literal["train_seed", "seed"] = Field(
         "train_seed", description="what a grid seed sets: train_seed = every method starts from the same data, SFT "
                                   "policy and warm-up RM (DVC's run-cache builds them once); seed = all stages rerun")

@@ -8,7 +8,8 @@
    whose executor process is gone (the grid was killed mid-experiment) is failed, removed and queued again. A grid
    runs on one commit: with experiments of the grid on another commit (HEAD moved on mid-grid), nothing is queued
    and the error says how to go on (`check_one_baseline`); `--collect-only` reads the grid on its own commit.
-3. `dvc exp run --run-all --jobs <compare.jobs>` runs the queue (local workers; no network).
+3. `dvc exp run --run-all --jobs <compare.jobs>` runs the queue (local workers; no network). When DVC's queue worker
+   dies with experiments still queued (`--run-all` would wait for ever), step 2 and 3 run again (`run_grid`).
 4. `dvc exp show --json` gives every experiment's params and metrics/evaluate.json; `build_tables` (pure) turns the
    grid's records into mean and t-interval over seeds per method (rows) x overall + per constraint category
    (columns), per paradigm, plus the PP-vs-PR table; `render_markdown` writes reports/compare.md and
@@ -458,20 +459,74 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
             with atomic_file(params_file, "wb") as fh:
                 fh.write(original)
     t0 = time.perf_counter()
-    if todo or pending:
-        # Output streams to the terminal: a grid takes long and the per-stage progress is the only sign of life.
-        _dvc(["exp", "run", "--run-all", "--jobs", str(params.compare.jobs)], ws.root, capture=False)
+    worker_died = bool(todo or pending) and not _run_queue(ws, params.compare.jobs)
     return {"queued": len(todo) - len(waiting), "requeued_in_order": len(waiting), "already_queued": len(pending),
-            "reused": len(done), "restarted": len(stale),
+            "reused": len(done), "restarted": len(stale), "worker_died": worker_died,
             "run_s": round(time.perf_counter() - t0, 1)}
+
+
+def queue_worker_alive(root: Path, proc: Path = Path("/proc")) -> bool:
+    """Whether a `dvc exp queue-worker` runs in workspace `root`. Read from /proc rather than `dvc queue status`,
+    which pings the workers through the same file-system broker whose race killed one (and on a system without
+    /proc, True: never taken for a dead worker)."""
+    if not proc.is_dir():
+        return True
+    root = Path(root).resolve()
+    for entry in proc.iterdir():
+        try:
+            if entry.name.isdigit() and b"queue-worker" in (entry / "cmdline").read_bytes():
+                if Path(os.readlink(entry / "cwd")).resolve() == root:
+                    return True
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return False
+
+
+def _run_queue(ws: Workspace, jobs: int, poll_s: float = 60.0) -> bool:
+    """`dvc exp run --run-all` until it returns (True), or until DVC's queue worker is gone while it still waits
+    (False): the worker can die between experiments (kombu's file-system broker raised JSONDecodeError on a message,
+    2026-12-06), and `--run-all` then waits forever with experiments still queued."""
+    import shutil
+    import signal
+
+    env = _dvc_env()
+    dvc = shutil.which("dvc", path=env["PATH"]) or "dvc"
+    # Output streams to the terminal: a grid takes long and the per-stage progress is the only sign of life.
+    proc = subprocess.Popen([dvc, "exp", "run", "--run-all", "--jobs", str(jobs)], cwd=ws.root, env=env,
+                            start_new_session=True)
+    misses = 0
+    while True:
+        try:
+            code = proc.wait(timeout=poll_s)
+        except subprocess.TimeoutExpired:
+            # two polls in a row, so that a worker still starting is not taken for a dead one
+            misses = 0 if queue_worker_alive(ws.root) else misses + 1
+            if misses < 2:
+                continue
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return False
+        if code != 0:
+            raise CompareError(f"compare: `dvc exp run --run-all` exited with status {code}")
+        return True
+
+
+def run_grid(params: Params, ws: Workspace) -> dict:
+    """queue_and_run, again after a dead queue worker (it fails what the worker left running, keeps the grid order
+    and starts a new worker), at most compare.worker_restarts times."""
+    for attempt in range(params.compare.worker_restarts + 1):
+        info = queue_and_run(params, ws)
+        if not info.pop("worker_died"):
+            return {**info, "worker_restarts": attempt}
+    raise CompareError(f"compare: DVC's queue worker died {params.compare.worker_restarts + 1} times; see "
+                       ".dvc/tmp/exps/celery/*.out, then rerun `gapo compare`")
 
 
 def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> dict:
     from gapo.io import atomic_file
 
     info = ({"queued": 0, "requeued_in_order": 0, "already_queued": 0, "reused": 0, "restarted": 0, "run_s": 0.0}
-            if collect_only
-            else queue_and_run(params, ws))
+            if collect_only else run_grid(params, ws))
     # --collect-only reads the grid where it ran, even after HEAD moved on (a `git pull` during a long grid)
     found = {c: n for c, n in grid_baselines(ws, grid_id(params)).items() if n["finished"]}
     rev = max(found, key=lambda c: found[c]["finished"]) if collect_only and found else None

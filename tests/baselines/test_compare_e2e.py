@@ -126,9 +126,7 @@ def test_compare_rerun_reuses_the_finished_experiment(scratch, monkeypatch):
 
     # the interruption: the two-seed grid queued its missing point, then stopped before running the queue
     params = load_params(root / "params.yaml", [*one_point[1::2], "compare.seeds=[1,2]"], profile="tiny")
-    run_dvc = C._dvc
-    monkeypatch.setattr(C, "_dvc", lambda args, cwd, capture=True: "" if "--run-all" in args
-                        else run_dvc(args, cwd, capture))
+    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs: True)  # queued, never run
     for key in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
         monkeypatch.setenv(key, env[key])
     assert C.queue_and_run(params, Workspace(root))["queued"] == 1

@@ -119,7 +119,9 @@ def test_queue_skips_finished_points_and_restores_params(tmp_path, monkeypatch):
         return __import__("json").dumps(show) if args[:2] == ["exp", "show"] else ""
 
     monkeypatch.setattr(C, "_dvc", fake_dvc)
-    monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)  # tmp_path is no git repository: no grid on another commit
+    monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)
+    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs: calls.append(["exp", "run", "--run-all", "--jobs", str(jobs)])
+                        or True)  # tmp_path is no git repository: no grid on another commit
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     info = C.queue_and_run(params, Workspace(tmp_path))
     queued = [a for a in calls if "--queue" in a]
@@ -163,6 +165,8 @@ def test_a_point_queued_late_keeps_its_grid_place(tmp_path, monkeypatch):
 
     monkeypatch.setattr(C, "_dvc", fake_dvc)
     monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)
+    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs: calls.append(["exp", "run", "--run-all", "--jobs", str(jobs)])
+                        or True)
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     info = C.queue_and_run(params, Workspace(tmp_path))
     assert (info["queued"], info["requeued_in_order"], info["already_queued"]) == (1, 2, 0)
@@ -191,6 +195,8 @@ def test_a_running_grid_is_left_alone(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(C, "_dvc", lambda args, cwd, capture=True: calls.append(args) or __import__("json").dumps(show))
     monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)
+    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs: calls.append(["exp", "run", "--run-all", "--jobs", str(jobs)])
+                        or True)
     monkeypatch.setattr(C, "process_alive", lambda pid: pid == 4242)
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     with pytest.raises(C.CompareError, match=f"is running in DVC's queue \\({s1}\\)"):
@@ -245,3 +251,67 @@ def test_process_alive():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert C.process_alive(child.pid) is False
+
+
+def test_queue_worker_alive(tmp_path):
+    import subprocess
+    import sys
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert not C.queue_worker_alive(ws)
+    # a process whose command line names a queue worker, started in the workspace
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "exp", "queue-worker"], cwd=ws)
+    try:
+        import time
+
+        deadline = time.monotonic() + 10  # until the child has exec'd: before, /proc shows the parent's cmdline
+        while not C.queue_worker_alive(ws) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert C.queue_worker_alive(ws) and not C.queue_worker_alive(tmp_path)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert not C.queue_worker_alive(ws)
+    assert C.queue_worker_alive(ws, proc=tmp_path / "no-proc")  # no /proc: never taken for dead
+
+
+def _fake_dvc_bin(tmp_path, monkeypatch, run_all: str):
+    """A `dvc` on PATH whose `exp run --run-all` runs `run_all`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "dvc"
+    script.write_text(f'#!/bin/sh\nif [ "$1 $2" = "exp run" ]; then {run_all}; fi\n')
+    script.chmod(0o755)
+    env = dict(__import__("os").environ)
+    monkeypatch.setattr(C, "_dvc_env", lambda: {**env, "PATH": f"{bin_dir}:{env['PATH']}"})
+
+
+def test_run_queue_gives_up_on_a_dead_worker_and_returns_when_done(tmp_path, monkeypatch):
+    from gapo.paths import Workspace
+
+    _fake_dvc_bin(tmp_path, monkeypatch, "echo $$ > pid; exec sleep 600")  # no worker process anywhere
+    assert C._run_queue(Workspace(tmp_path), 1, poll_s=0.2) is False  # `--run-all` hangs with no worker
+    pid = int((tmp_path / "pid").read_text())
+    assert not C.process_alive(pid) and not __import__("os").path.exists(f"/proc/{pid}/cmdline")  # killed
+    (tmp_path / "bin").rename(tmp_path / "old")
+    monkeypatch.setattr(C, "queue_worker_alive", lambda root: True)
+    _fake_dvc_bin(tmp_path, monkeypatch, "sleep 1; exit 0")
+    assert C._run_queue(Workspace(tmp_path), 1, poll_s=0.2) is True
+    (tmp_path / "bin").rename(tmp_path / "old2")
+    _fake_dvc_bin(tmp_path, monkeypatch, "exit 3")
+    with pytest.raises(C.CompareError, match="exited with status 3"):
+        C._run_queue(Workspace(tmp_path), 1, poll_s=0.2)
+
+
+def test_run_grid_starts_a_dead_worker_again_then_gives_up(tmp_path, monkeypatch):
+    from gapo.config import load_params
+    from gapo.paths import Workspace
+
+    params = load_params(None, ["compare.worker_restarts=2"])
+    died = iter([True, True, False])
+    monkeypatch.setattr(C, "queue_and_run", lambda p, ws: {"queued": 0, "worker_died": next(died)})
+    assert C.run_grid(params, Workspace(tmp_path)) == {"queued": 0, "worker_restarts": 2}
+    monkeypatch.setattr(C, "queue_and_run", lambda p, ws: {"queued": 0, "worker_died": True})
+    with pytest.raises(C.CompareError, match="worker died 3 times"):
+        C.run_grid(params, Workspace(tmp_path))
