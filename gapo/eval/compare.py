@@ -296,11 +296,16 @@ def _dvc_env() -> dict:
     return env
 
 
-def _dvc(args: list[str], cwd: Path, capture: bool = True) -> str:
+def _dvc_cmd(args: list[str]) -> tuple[list[str], dict]:
+    """(the command line of `dvc ARGS`, its environment): the `dvc` installed beside this interpreter."""
     import shutil
 
     env = _dvc_env()
-    cmd = [shutil.which("dvc", path=env["PATH"]) or "dvc", *args]
+    return [shutil.which("dvc", path=env["PATH"]) or "dvc", *args], env
+
+
+def _dvc(args: list[str], cwd: Path, capture: bool = True) -> str:
+    cmd, env = _dvc_cmd(args)
     proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=capture)
     if proc.returncode != 0:
         tail = ((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-3:] if capture else []
@@ -486,14 +491,11 @@ def _run_queue(ws: Workspace, jobs: int, poll_s: float = 60.0) -> bool:
     """`dvc exp run --run-all` until it returns (True), or until DVC's queue worker is gone while it still waits
     (False): the worker can die between experiments (kombu's file-system broker raised JSONDecodeError on a message,
     2026-12-06), and `--run-all` then waits forever with experiments still queued."""
-    import shutil
     import signal
 
-    env = _dvc_env()
-    dvc = shutil.which("dvc", path=env["PATH"]) or "dvc"
+    cmd, env = _dvc_cmd(["exp", "run", "--run-all", "--jobs", str(jobs)])
     # Output streams to the terminal: a grid takes long and the per-stage progress is the only sign of life.
-    proc = subprocess.Popen([dvc, "exp", "run", "--run-all", "--jobs", str(jobs)], cwd=ws.root, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ws.root, env=env, start_new_session=True)
     misses = 0
     while True:
         try:
@@ -527,9 +529,10 @@ def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> di
 
     info = ({"queued": 0, "requeued_in_order": 0, "already_queued": 0, "reused": 0, "restarted": 0, "run_s": 0.0}
             if collect_only else run_grid(params, ws))
-    # --collect-only reads the grid where it ran, even after HEAD moved on (a `git pull` during a long grid)
-    found = {c: n for c, n in grid_baselines(ws, grid_id(params)).items() if n["finished"]}
-    rev = max(found, key=lambda c: found[c]["finished"]) if collect_only and found else None
+    # --collect-only reads the grid where it ran, even after HEAD moved on (a `git pull` during a long grid); a run
+    # has just checked that the grid is on HEAD
+    found = {c: n for c, n in grid_baselines(ws, grid_id(params)).items() if n["finished"]} if collect_only else {}
+    rev = max(found, key=lambda c: found[c]["finished"]) if found else None
     records = collect(ws, params, _exp_show(ws, rev) if rev else None)
     if not records:
         raise CompareError(f"compare: no finished experiment of grid {grid_id(params)} in `dvc exp show` "
@@ -556,14 +559,14 @@ def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> di
     with atomic_file(md) as fh:
         fh.write(render_markdown(tables, meta) + "\n" + render_claims(claims))
     plot_compare(tables, png)
+    paper = [{k: c[k] for k in ("id", "claim", "status")} for c in summarize(claims)]
     with atomic_file(js) as fh:
-        paper = [{k: c[k] for k in ("id", "claim", "status")} for c in summarize(claims)]
         fh.write(json.dumps({"tables": _jsonable(tables), "claims": _jsonable(claims), "paper_claims": paper,
                              "records": records},
                             indent=2, sort_keys=True))
-    _log_to_mlflow(tables, [md, png, js], claims)
+    _log_to_mlflow(tables, [md, png, js], claims, paper)
     return {"report": str(md), "figure": str(png), "experiments": len(records), "expected": len(grid(params)),
-            **info, "paper_claims": {c["id"]: c["status"] for c in summarize(claims)},
+            **info, "paper_claims": {c["id"]: c["status"] for c in paper},
             "overall": {p: {m: round(r["overall"]["mean"], 4) for m, r in rows.items()}
                                 for p, rows in tables["main"].items()}}
 
@@ -583,7 +586,8 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _log_to_mlflow(tables: dict, files: list[Path], claims: Optional[dict] = None) -> None:
+def _log_to_mlflow(tables: dict, files: list[Path], claims: Optional[dict] = None,
+                   paper: Sequence[dict] = ()) -> None:
     """Into the `compare` stage's MLflow run (opened by gapo.tracking's stage wrapper); nothing when untracked."""
     from gapo.tracking import backend
 
@@ -606,9 +610,7 @@ def _log_to_mlflow(tables: dict, files: list[Path], claims: Optional[dict] = Non
             metrics[f"claims/{where}/{row['a']}_vs_{row['b']}/{k}"] = row[k]
     if metrics:
         mlflow.log_metrics(metrics)
-    if claims:
-        from gapo.eval.claims import summarize
-
-        mlflow.set_tags({f"claim.{c['id']}": c["status"] for c in summarize(claims)})
+    if paper:
+        mlflow.set_tags({f"claim.{c['id']}": c["status"] for c in paper})
     for f in files:
         mlflow.log_artifact(str(f), artifact_path="compare")

@@ -102,6 +102,22 @@ def test_plot_compare_writes_a_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
 
+def _fake_dvc(monkeypatch, show) -> list:
+    """DVC faked for the queueing step: `dvc exp show --json` answers `show`, every other call is recorded in the
+    returned list (`--run-all` as the run of the queue); tmp_path is no git repository, so no grid on another commit."""
+    calls = []
+
+    def fake_dvc(args, cwd, capture=True):
+        calls.append(args)
+        return __import__("json").dumps(show) if args[:2] == ["exp", "show"] else ""
+
+    monkeypatch.setattr(C, "_dvc", fake_dvc)
+    monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)
+    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs: calls.append(["exp", "run", "--run-all", "--jobs", str(jobs)])
+                        or True)
+    return calls
+
+
 def test_queue_skips_finished_points_and_restores_params(tmp_path, monkeypatch):
     """The queueing step alone (DVC faked): a point whose named experiment is in `dvc exp show` is not queued."""
     from gapo.config import load_params
@@ -112,16 +128,7 @@ def test_queue_skips_finished_points_and_restores_params(tmp_path, monkeypatch):
     show = [{"rev": "abc", "experiments": [{"revs": [{"name": done, "data": {
         "params": {"params.yaml": {"data": {"method": "sft"}}},
         "metrics": {"metrics/evaluate.json": {"data": {"prompt_level_strict_acc": 0.5}}}}}]}]}]
-    calls = []
-
-    def fake_dvc(args, cwd, capture=True):
-        calls.append(args)
-        return __import__("json").dumps(show) if args[:2] == ["exp", "show"] else ""
-
-    monkeypatch.setattr(C, "_dvc", fake_dvc)
-    monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)
-    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs: calls.append(["exp", "run", "--run-all", "--jobs", str(jobs)])
-                        or True)  # tmp_path is no git repository: no grid on another commit
+    calls = _fake_dvc(monkeypatch, show)
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     info = C.queue_and_run(params, Workspace(tmp_path))
     queued = [a for a in calls if "--queue" in a]
@@ -157,16 +164,7 @@ def test_a_point_queued_late_keeps_its_grid_place(tmp_path, monkeypatch):
     show = [{"rev": "abc", "experiments": [{"revs": [{"name": n, "data": {"params": {}, "metrics": {}}}],
                                             "executor": {"state": "queued", "name": "dvc-task"}, "name": n}
                                            for n in (s2, s3)]}]
-    calls = []
-
-    def fake_dvc(args, cwd, capture=True):
-        calls.append(args)
-        return __import__("json").dumps(show) if args[:2] == ["exp", "show"] else ""
-
-    monkeypatch.setattr(C, "_dvc", fake_dvc)
-    monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)
-    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs: calls.append(["exp", "run", "--run-all", "--jobs", str(jobs)])
-                        or True)
+    calls = _fake_dvc(monkeypatch, show)
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     info = C.queue_and_run(params, Workspace(tmp_path))
     assert (info["queued"], info["requeued_in_order"], info["already_queued"]) == (1, 2, 0)
@@ -192,11 +190,7 @@ def test_a_running_grid_is_left_alone(tmp_path, monkeypatch):
         {"revs": [{"name": s2, "data": {}}], "executor": {"state": "queued"}, "name": s2}]}]
     assert C.live_from_exp_show(show, lambda pid: True) == {s1}
     assert C.live_from_exp_show(show, lambda pid: False) == set()
-    calls = []
-    monkeypatch.setattr(C, "_dvc", lambda args, cwd, capture=True: calls.append(args) or __import__("json").dumps(show))
-    monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)
-    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs: calls.append(["exp", "run", "--run-all", "--jobs", str(jobs)])
-                        or True)
+    calls = _fake_dvc(monkeypatch, show)
     monkeypatch.setattr(C, "process_alive", lambda pid: pid == 4242)
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     with pytest.raises(C.CompareError, match=f"is running in DVC's queue \\({s1}\\)"):
