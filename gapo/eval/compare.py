@@ -13,7 +13,8 @@
 4. `dvc exp show --json` gives every experiment's params and metrics/evaluate.json; `build_tables` (pure) turns the
    grid's records into mean and t-interval over seeds per method (rows) x overall + per constraint category
    (columns), per paradigm, plus the PP-vs-PR table; `render_markdown` writes reports/compare.md and
-   `plot_compare` reports/compare.png. Both are logged to the stage's MLflow run (gapo.tracking).
+   `plot_compare` reports/compare.png (each cell pooled over its seeds, the interval over prompts, from step 5).
+   Both are logged to the stage's MLflow run (gapo.tracking).
 5. Each experiment's reports/eval_samples.jsonl at its commit (read through DVC) pairs the methods prompt by prompt:
    gapo.eval.claims tests the paper's orderings and PP vs PR (paired bootstrap, McNemar, Holm), appended to
    reports/compare.md and compare.json.
@@ -22,8 +23,8 @@ API (pure): `t_quantile(p, df)`, `t_interval(values, confidence)`, `records_from
 `pending_from_exp_show(doc)`, `queued_from_exp_show(doc)`, `live_from_exp_show(doc, alive)`,
 `stale_from_exp_show(doc, alive)`, `baselines_from_git(refs, stash_log, gid)`,
 `check_one_baseline(found, head, gid)`, `build_tables(records, metric, confidence)`,
-`render_markdown(tables, meta)`;
-(I/O) `plot_compare(tables, out)`, `run_compare(params, ws, collect_only=False)`.
+`render_markdown(tables, meta)`, `bar_values(tables, cells)`;
+(I/O) `plot_compare(tables, out, cells)`, `run_compare(params, ws, collect_only=False)`.
 """
 from __future__ import annotations
 
@@ -260,26 +261,43 @@ def render_markdown(tables: dict, meta: Optional[dict] = None) -> str:
 
 
 # ============================================================================================ figure
-def plot_compare(tables: dict, out_path: str | os.PathLike) -> Path:
-    """Grouped bars: overall metric per method, one bar per paradigm, t-interval error bars."""
+def bar_values(tables: dict, cells: list[dict] | None = None) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """{paradigm: {method: (value, error below, error above)}} in percent for the figure. With the pooled cells of
+    `claims.pooled_cells` the bars are each cell's accuracy over all its seeds and prompts with the interval over
+    prompts; without them, the mean over seeds with the t-interval (which 2 seeds make 12.7 half-widths wide)."""
+    if cells:
+        out: dict[str, dict[str, tuple[float, float, float]]] = {}
+        for c in cells:
+            out.setdefault(c["paradigm"], {})[c["method"]] = (c["acc"] * 100, (c["acc"] - c["ci_low"]) * 100,
+                                                              (c["ci_high"] - c["acc"]) * 100)
+        return out
+    return {p: {m: (r["overall"]["mean"] * 100, r["overall"]["half"] * 100, r["overall"]["half"] * 100)
+                for m, r in rows.items()} for p, rows in tables["main"].items()}
+
+
+def plot_compare(tables: dict, out_path: str | os.PathLike, cells: list[dict] | None = None) -> Path:
+    """Grouped bars: overall metric per method, one bar per paradigm, error bars from `bar_values`."""
     from gapo.eval.plots import pyplot, save_figure
 
     plt = pyplot()
-    paradigms = list(tables["main"])
-    methods = sorted({m for rows in tables["main"].values() for m in rows}, key=_method_key)
+    bars = bar_values(tables, cells)
+    paradigms = list(bars)
+    methods = sorted({m for rows in bars.values() for m in rows}, key=_method_key)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(methods) + 2), 4.5))
     width = 0.8 / max(1, len(paradigms))
     for j, paradigm in enumerate(paradigms):
-        rows = tables["main"][paradigm]
+        rows = bars[paradigm]
         xs = [i + (j - (len(paradigms) - 1) / 2) * width for i in range(len(methods))]
-        means = [rows[m]["overall"]["mean"] * 100 if m in rows else math.nan for m in methods]
-        errs = [rows[m]["overall"]["half"] * 100 if m in rows else math.nan for m in methods]  # NaN: no bar
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=PARADIGM_NAMES.get(paradigm, paradigm))
+        vals = [rows.get(m, (math.nan,) * 3) for m in methods]  # NaN: no bar
+        ax.bar(xs, [v[0] for v in vals], width, yerr=[[v[1] for v in vals], [v[2] for v in vals]], capsize=3,
+               label=PARADIGM_NAMES.get(paradigm, paradigm))
     ax.set_xticks(range(len(methods)))
     ax.set_xticklabels(methods)
     ax.set_ylabel(f"{tables['metric']} (%)")
-    ax.set_ylim(0, 100)  # a percentage; an interval wider than that (2 seeds) is cut at the axis
-    ax.set_title(f"Method comparison (mean, {int(round(tables['confidence'] * 100))}% CI over seeds)")
+    ax.set_ylim(0, 100)  # a percentage; a t-interval wider than that (2 seeds) is cut at the axis
+    level = int(round(tables["confidence"] * 100))
+    ax.set_title(f"Method comparison (pooled over seeds, {level}% CI over prompts)" if cells
+                 else f"Method comparison (mean, {level}% CI over seeds)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, out_path)
@@ -558,7 +576,7 @@ def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> di
     md, png, js = ws.reports / "compare.md", ws.reports / "compare.png", ws.reports / "compare.json"
     with atomic_file(md) as fh:
         fh.write(render_markdown(tables, meta) + "\n" + render_claims(claims))
-    plot_compare(tables, png)
+    plot_compare(tables, png, claims["cells"])
     paper = [{k: c[k] for k in ("id", "claim", "status")} for c in summarize(claims)]
     with atomic_file(js) as fh:
         fh.write(json.dumps({"tables": _jsonable(tables), "claims": _jsonable(claims), "paper_claims": paper,

@@ -100,6 +100,22 @@ def test_grid_names_ignore_only_the_axes():
 def test_plot_compare_writes_a_png(tmp_path):
     out = C.plot_compare(C.build_tables(RECORDS), tmp_path / "c.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    cells = [{"paradigm": "pp", "method": "gapo", "acc": 0.85, "ci_low": 0.8, "ci_high": 0.875, "seeds": [1, 2]}]
+    out = C.plot_compare(C.build_tables(RECORDS), tmp_path / "pooled.png", cells)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bar_values_pooled_cells_or_t_interval():
+    tables = C.build_tables(RECORDS)
+    # without pooled cells: mean over seeds, symmetric t-interval; 2 seeds 0.80, 0.90: sd/sqrt(2) = 0.05, t = 12.706
+    v, lo, hi = C.bar_values(tables)["pp"]["gapo"]
+    assert v == pytest.approx(85.0) and lo == hi == pytest.approx(63.53, abs=0.01)
+    # with them: the cell's own accuracy and its asymmetric interval over prompts, and only the cells given
+    cells = [{"paradigm": "pp", "method": "gapo", "acc": 0.85, "ci_low": 0.8, "ci_high": 0.875, "seeds": [1, 2]},
+             {"paradigm": "pr", "method": "sft", "acc": 0.5, "ci_low": 0.4, "ci_high": 0.6, "seeds": [1]}]
+    bars = C.bar_values(tables, cells)
+    assert bars["pp"]["gapo"] == pytest.approx((85.0, 5.0, 2.5))
+    assert bars["pr"] == {"sft": pytest.approx((50.0, 10.0, 10.0))} and set(bars["pp"]) == {"gapo"}
 
 
 def _fake_dvc(monkeypatch, show) -> list:
