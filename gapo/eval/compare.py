@@ -264,7 +264,7 @@ def render_markdown(tables: dict, meta: Optional[dict] = None) -> str:
 def bar_values(tables: dict, cells: list[dict] | None = None) -> dict[str, dict[str, tuple[float, float, float]]]:
     """{paradigm: {method: (value, error below, error above)}} in percent for the figure. With the pooled cells of
     `claims.pooled_cells` the bars are each cell's accuracy over all its seeds and prompts with the interval over
-    prompts; without them, the mean over seeds with the t-interval (which 2 seeds make 12.7 half-widths wide)."""
+    prompts; without them, the mean over seeds with the t-interval (with 2 seeds, 12.7 standard errors on each side)."""
     if cells:
         out: dict[str, dict[str, tuple[float, float, float]]] = {}
         for c in cells:
