@@ -340,7 +340,7 @@ class BaselinesConfig(Section):
 
 
 class CompareConfig(Section):
-    """`gapo compare`: the grid methods x paradigms x seeds run as queued DVC experiments (gapo.eval.compare)."""
+    """`gapo compare`: the grid methods x paradigms x seeds run as queued DVC experiments (gapo.compare.grid)."""
 
     methods: list[Literal["gapo", "ppo", "sft", "dpo", "kto", "orpo", "simpo"]] = Field(
         ["gapo", "ppo", "sft", "dpo", "kto", "orpo", "simpo"])

@@ -114,7 +114,7 @@ def adversarial(params: Params, ws: Workspace, round: int | None = None) -> dict
 
 
 def compare(params: Params, ws: Workspace, collect_only: bool = False) -> dict:
-    from gapo.eval.compare import run_compare
+    from gapo.compare.grid import run_compare
 
     return run_compare(params, ws, collect_only=collect_only)
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
-from gapo.eval import compare as C
+from gapo.compare import grid as C
 
 
 @pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (9, 2.2622), (30, 2.0423)])
@@ -325,3 +326,11 @@ def test_run_grid_starts_a_dead_worker_again_then_gives_up(tmp_path, monkeypatch
     monkeypatch.setattr(C, "queue_and_run", lambda p, ws: {"queued": 0, "worker_died": True})
     with pytest.raises(C.CompareError, match="worker died 3 times"):
         C.run_grid(params, Workspace(tmp_path))
+
+
+def test_dvc_env_puts_the_experiment_copy_first_on_pythonpath(monkeypatch):
+    # a stage of a queued experiment runs in its copy of the repository: "." first makes it import that copy's gapo
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    assert C._dvc_env()["PYTHONPATH"].split(os.pathsep) == [".", "/elsewhere"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert C._dvc_env()["PYTHONPATH"] == "."

@@ -110,7 +110,7 @@ def test_compare_rerun_reuses_the_finished_experiment(scratch, monkeypatch):
     second time. The seeds are not part of the grid id, so a one-seed grid followed by queueing the second seed
     without running it leaves the repository as an interrupted two-seed grid would."""
     from gapo.config import load_params
-    from gapo.eval import compare as C
+    from gapo.compare import grid as C
     from gapo.paths import Workspace
 
     root, env, gapo = _grid_repo(scratch)

@@ -16,7 +16,7 @@
    `plot_compare` reports/compare.png (each cell pooled over its seeds, the interval over prompts, from step 5).
    Both are logged to the stage's MLflow run (gapo.tracking).
 5. Each experiment's reports/eval_samples.jsonl at its commit (read through DVC) pairs the methods prompt by prompt:
-   gapo.eval.claims tests the paper's orderings and PP vs PR (paired bootstrap, McNemar, Holm), appended to
+   gapo.compare.claims tests the paper's orderings and PP vs PR (paired bootstrap, McNemar, Holm), appended to
    reports/compare.md and compare.json.
 
 API (pure): `t_quantile(p, df)`, `t_interval(values, confidence)`, `records_from_exp_show(doc)`,
@@ -311,6 +311,10 @@ def _dvc_env() -> dict:
 
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    # An experiment runs in its own copy of the repository (.dvc/tmp/exps/...), and its stages must import that copy's
+    # gapo, the code of the experiment's commit. The `gapo` entry point of an editable install would import the
+    # workspace's instead, where someone may be editing while the grid runs. "." is the stage's working directory.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (".", env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -422,7 +426,7 @@ def load_samples(ws: Workspace, records: list[dict], metric: str) -> tuple[dict[
     reports/eval_samples.jsonl at its commit, read through DVC from the workspace's cache."""
     import dvc.api
 
-    from gapo.eval.claims import per_prompt
+    from gapo.compare.claims import per_prompt
 
     samples: dict[str, dict] = {}
     unreadable: list[str] = []
@@ -557,7 +561,7 @@ def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> di
                            f"({len(grid(params))} expected); see `dvc queue status` / `dvc queue logs`")
     c = params.compare
     tables = build_tables(records, c.metric, c.confidence)
-    from gapo.eval.claims import build_claims, render_claims, summarize
+    from gapo.compare.claims import build_claims, render_claims, summarize
 
     samples, unreadable = load_samples(ws, records, c.metric)
     claims = build_claims(records, samples, c.metric, params.evaluate.paired_resamples, params.seed,

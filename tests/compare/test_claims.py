@@ -1,9 +1,9 @@
-"""gapo.eval.claims: the paper's orderings tested prompt by prompt (golden values computed by hand)."""
+"""gapo.compare.claims: the paper's orderings tested prompt by prompt (golden values computed by hand)."""
 from __future__ import annotations
 
 import pytest
 
-from gapo.eval.claims import (build_claims, holm, paired_delta, per_prompt, pooled_cells, render_claims,
+from gapo.compare.claims import (build_claims, holm, paired_delta, per_prompt, pooled_cells, render_claims,
                                summarize, verdict)
 
 
