@@ -356,6 +356,9 @@ class CompareConfig(Section):
     target: str = Field("evaluate", description="dvc.yaml stage each experiment runs up to")
     metric: str = Field("prompt_level_strict_acc", description="headline metrics/evaluate.json key")
     confidence: float = Field(0.95, gt=0, lt=1)
+    ledger: str = Field("reports/compare_runs", min_length=1,
+                        description="directory (repository-relative) of the grid's ledger: one JSON per finished "
+                                    "experiment, to commit, so a fresh clone continues the grid (gapo.compare.ledger)")
 
 
 class EvaluateConfig(Section):

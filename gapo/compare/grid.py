@@ -3,28 +3,30 @@
 1. The merged params (params.yaml + profile + -S) become the experiments' baseline params.yaml for the time it takes
    to queue them (DVC stashes the workspace per queued experiment; the file is restored afterwards).
 2. Each grid point is `dvc exp run --queue -S method=M -S paradigm=P -S <compare.seed_param>=S -n <name> <target>`;
-   a point whose named experiment already finished is not queued again (its results are reused), nor is one still
-   queued or running in DVC's queue from an interrupted call (this call's --run-all runs it). One DVC lists as running
-   whose executor process is gone (the grid was killed mid-experiment) is failed, removed and queued again. A grid
-   runs on one commit: with experiments of the grid on another commit (HEAD moved on mid-grid), nothing is queued
-   and the error says how to go on (`check_one_baseline`); `--collect-only` reads the grid on its own commit.
-3. `dvc exp run --run-all --jobs <compare.jobs>` runs the queue (local workers; no network). When DVC's queue worker
-   dies with experiments still queued (`--run-all` would wait for ever), step 2 and 3 run again (`run_grid`).
-4. `dvc exp show --json` gives every experiment's params and metrics/evaluate.json; `build_tables` (pure) turns the
+   a point with an entry in the grid's ledger (gapo.compare.ledger: one committed JSON per finished experiment, so
+   that a fresh clone continues the grid) is not queued again, nor is one still queued or running in DVC's queue
+   from an interrupted call (this call's --run-all runs it). One DVC lists as running whose executor process is gone
+   (the grid was killed mid-experiment) is failed, removed and queued again. A grid runs on one code: with ledger
+   entries of another code fingerprint than the workspace's, or experiments queued on another commit, nothing is
+   queued and the error says how to go on (`check_same_code`, `check_one_baseline`).
+3. `dvc exp run --run-all --jobs <compare.jobs>` runs the queue (local workers; no network), and each finished
+   experiment is written to the ledger at the next one-minute poll (`sync_ledger`). When DVC's queue worker dies
+   with experiments still queued (`--run-all` would wait for ever), step 2 and 3 run again (`run_grid`).
+4. The ledger's entries give every experiment's metrics/evaluate.json; `build_tables` (pure) turns the
    grid's records into mean and t-interval over seeds per method (rows) x overall + per constraint category
    (columns), per paradigm, plus the PP-vs-PR table; `render_markdown` writes reports/compare.md and
    `plot_compare` reports/compare.png (each cell pooled over its seeds, the interval over prompts, from step 5).
    Both are logged to the stage's MLflow run (gapo.tracking).
-5. Each experiment's reports/eval_samples.jsonl at its commit (read through DVC) pairs the methods prompt by prompt:
-   gapo.compare.claims tests the paper's orderings and PP vs PR (paired bootstrap, McNemar, Holm), appended to
-   reports/compare.md and compare.json.
+5. Each entry's per-prompt verdicts (read at sync from the experiment's reports/eval_samples.jsonl through DVC) pair
+   the methods prompt by prompt: gapo.compare.claims tests the paper's orderings and PP vs PR (paired bootstrap,
+   McNemar, Holm), appended to reports/compare.md and compare.json.
 
 API (pure): `t_quantile(p, df)`, `t_interval(values, confidence)`, `records_from_exp_show(doc)`,
 `pending_from_exp_show(doc)`, `queued_from_exp_show(doc)`, `live_from_exp_show(doc, alive)`,
-`stale_from_exp_show(doc, alive)`, `baselines_from_git(refs, stash_log, gid)`,
+`stale_from_exp_show(doc, alive)`, `baselines_from_git(refs, stash_log, gid)`, `finished_from_git(refs, gid)`,
 `check_one_baseline(found, head, gid)`, `build_tables(records, metric, confidence)`,
 `render_markdown(tables, meta)`, `bar_values(tables, cells)`;
-(I/O) `plot_compare(tables, out, cells)`, `run_compare(params, ws, collect_only=False)`.
+(I/O) `plot_compare(tables, out, cells)`, `sync_ledger(ws, params, doc)`, `run_compare(params, ws, collect_only)`.
 """
 from __future__ import annotations
 
@@ -378,13 +380,27 @@ def baselines_from_git(refs: str, stash_log: str, gid: str) -> dict[str, dict[st
     return out
 
 
-def grid_baselines(ws: Workspace, gid: str) -> dict[str, dict[str, int]]:
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], cwd=ws.root, capture_output=True, text=True)
-        return proc.stdout if proc.returncode == 0 else ""  # no stash ref yet: nothing queued
+def finished_from_git(refs: str, gid: str) -> dict[str, str]:
+    """{experiment name: baseline commit} of grid `gid`'s finished experiments, from the same refs listing."""
+    out = {}
+    for line in refs.splitlines():
+        parts = line.strip().split("/")
+        if len(parts) == 5 and parts[:2] == ["refs", "exps"] and parts[4].startswith(f"cmp-{gid}-"):
+            out[parts[4]] = parts[2] + parts[3]
+    return out
 
-    return baselines_from_git(git("for-each-ref", "--format=%(refname)", "refs/exps"),
-                              git("log", "-g", "--format=%gs", "refs/exps/celery/stash"), gid)
+
+def _git_out(ws: Workspace, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=ws.root, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else ""  # no repository or no such ref yet: nothing there
+
+
+def _exp_refs(ws: Workspace) -> str:
+    return _git_out(ws, "for-each-ref", "--format=%(refname)", "refs/exps")
+
+
+def grid_baselines(ws: Workspace, gid: str) -> dict[str, dict[str, int]]:
+    return baselines_from_git(_exp_refs(ws), _git_out(ws, "log", "-g", "--format=%gs", "refs/exps/celery/stash"), gid)
 
 
 def _head(ws: Workspace) -> str:
@@ -393,15 +409,16 @@ def _head(ws: Workspace) -> str:
 
 
 def check_one_baseline(found: dict[str, dict[str, int]], head: str, gid: str) -> None:
-    """A grid runs on the commit it was queued at (DVC experiments hang off their baseline commit). Queueing it again
-    on another HEAD would run every experiment a second time, on other code: refuse, and say how to go on."""
-    other = {c: n for c, n in found.items() if c != head}
+    """Experiments of the grid still queued on another commit would run that commit's code beside this one's: refuse,
+    and say how to go on. (Finished ones on another commit are fine: the ledger keeps them with their code
+    fingerprint, and `check_same_code` decides whether this workspace may continue them.)"""
+    other = {c: n for c, n in found.items() if c != head and n["queued"]}
     if other:
-        where = "; ".join(f"{c[:7]}: {n['finished']} finished, {n['queued']} queued" for c, n in sorted(other.items()))
+        where = "; ".join(f"{c[:7]}: {n['queued']} queued" for c, n in sorted(other.items()))
         first = sorted(other)[0][:7]
-        raise CompareError(f"compare: grid {gid} has experiments on another commit ({where}) and HEAD is {head[:7]}; "
-                           f"continue it with `git checkout {first}` then `gapo compare`, or start it again on HEAD "
-                           f"after `dvc queue remove --queued && dvc exp remove --rev {first}`")
+        raise CompareError(f"compare: grid {gid} has experiments queued on another commit ({where}) and HEAD is "
+                           f"{head[:7]}; run them with `git checkout {first}` then `gapo compare`, or drop them with "
+                           f"`dvc queue remove --queued`")
 
 
 def collect(ws: Workspace, params: Params, doc: Any = None) -> list[dict]:
@@ -421,22 +438,72 @@ def collect(ws: Workspace, params: Params, doc: Any = None) -> list[dict]:
 SAMPLES = "reports/eval_samples.jsonl"  # the evaluate stage's per-prompt verdicts (a DVC out, in the cache)
 
 
-def load_samples(ws: Workspace, records: list[dict], metric: str) -> tuple[dict[str, dict], list[str]]:
-    """({experiment name: claims.per_prompt(...)}, [names whose samples could not be read]) from each experiment's
-    reports/eval_samples.jsonl at its commit, read through DVC from the workspace's cache."""
+def _sample_verdicts(ws: Workspace, rev: Optional[str]) -> Optional[list[dict]]:
+    """The IFEval verdicts of an experiment's reports/eval_samples.jsonl at its commit, read through DVC from the
+    workspace's cache; None when they cannot be read (a gc'ed cache)."""
     import dvc.api
 
-    from gapo.compare.claims import per_prompt
+    from gapo.compare.ledger import verdict_rows
 
-    samples: dict[str, dict] = {}
-    unreadable: list[str] = []
-    for r in records:
-        try:
-            with dvc.api.open(SAMPLES, repo=str(ws.root), rev=r["rev"]) as fh:
-                samples[r["name"]] = per_prompt((json.loads(line) for line in fh if line.strip()), metric)
-        except Exception:  # noqa: BLE001 - an old or gc'ed experiment: its cell is left out and named in the report
-            unreadable.append(r["name"])
-    return samples, unreadable
+    try:
+        with dvc.api.open(SAMPLES, repo=str(ws.root), rev=rev) as fh:
+            return verdict_rows(json.loads(line) for line in fh if line.strip())
+    except Exception:  # noqa: BLE001 - its cell is left out of the paired claims and named in the report
+        return None
+
+
+def _code_at(ws: Workspace, rev: str, target: str) -> str:
+    from gapo.compare.ledger import fingerprint_at
+
+    return fingerprint_at(ws.root, rev, target)
+
+
+def _workspace_code(ws: Workspace, target: str) -> str:
+    from gapo.compare.ledger import fingerprint_of_workspace
+
+    return fingerprint_of_workspace(ws.root, target)
+
+
+def ledger_dir(ws: Workspace, params: Params) -> Path:
+    return ws.root / params.compare.ledger  # an absolute compare.ledger stays as it is
+
+
+def sync_ledger(ws: Workspace, params: Params, doc: Any = None) -> dict[str, dict]:
+    """Every finished DVC experiment of the grid gets its ledger entry (gapo.compare.ledger), then the ledger's
+    entries of this grid's points are returned by name. `doc` is a `dvc exp show --json` of HEAD already at hand;
+    experiments on other commits are read with `--rev`. Cheap when nothing finished since the last call: one
+    `git for-each-ref` and the ledger's files."""
+    from gapo.compare.ledger import make_entry, read_ledger, write_entry
+
+    gid, directory = grid_id(params), ledger_dir(ws, params)
+    names = {exp_name(gid, *g) for g in grid(params)}
+    entries = read_ledger(directory, gid)
+    finished = finished_from_git(_exp_refs(ws), gid)
+
+    def add(d: Any) -> None:
+        for r in collect(ws, params, d):
+            if r["name"] not in entries:
+                entry = make_entry(r, gid, _code_at(ws, r["rev"], params.compare.target), finished.get(r["name"], ""),
+                                   _sample_verdicts(ws, r["rev"]))
+                write_entry(directory, entry)
+                entries[r["name"]] = entry
+
+    if doc is not None:
+        add(doc)
+    for baseline in sorted({b for n, b in finished.items() if n not in entries}):
+        add(_exp_show(ws, baseline))
+    return {n: e for n, e in entries.items() if n in names}
+
+
+def _sync_quietly(ws: Workspace, params: Params) -> None:
+    """The ledger while the queue runs, after each experiment: a grid killed later keeps what finished. A failed
+    sync is retried at the next poll and at collection, never allowed to stop the grid."""
+    import sys
+
+    try:
+        sync_ledger(ws, params)
+    except Exception as e:  # noqa: BLE001
+        print(f"compare: ledger not updated this time ({e})", file=sys.stderr)
 
 
 def queue_and_run(params: Params, ws: Workspace) -> dict:
@@ -456,7 +523,11 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
         _dvc(["queue", "kill", "--force", *stale], ws.root)
         _dvc(["queue", "remove", *stale], ws.root)
         doc = _exp_show(ws)
-    done = {r["name"] for r in collect(ws, params, doc)}
+    from gapo.compare.ledger import check_same_code
+
+    entries = sync_ledger(ws, params, doc)
+    check_same_code(entries, _workspace_code(ws, params.compare.target), gid, params.compare.ledger)
+    done = set(entries)
     # A grid interrupted during its run leaves its unfinished points in DVC's queue: they run with this call's
     # --run-all instead of being queued a second time.
     pending = names & pending_from_exp_show(doc, process_alive) - done
@@ -486,7 +557,8 @@ def queue_and_run(params: Params, ws: Workspace) -> dict:
             with atomic_file(params_file, "wb") as fh:
                 fh.write(original)
     t0 = time.perf_counter()
-    worker_died = bool(todo or pending) and not _run_queue(ws, params.compare.jobs)
+    worker_died = bool(todo or pending) and not _run_queue(ws, params.compare.jobs,
+                                                           on_poll=lambda: _sync_quietly(ws, params))
     return {"queued": len(todo) - len(waiting), "requeued_in_order": len(waiting), "already_queued": len(pending),
             "reused": len(done), "restarted": len(stale), "worker_died": worker_died,
             "run_s": round(time.perf_counter() - t0, 1)}
@@ -509,7 +581,7 @@ def queue_worker_alive(root: Path, proc: Path = Path("/proc")) -> bool:
     return False
 
 
-def _run_queue(ws: Workspace, jobs: int, poll_s: float = 60.0) -> bool:
+def _run_queue(ws: Workspace, jobs: int, poll_s: float = 60.0, on_poll: Callable[[], None] = lambda: None) -> bool:
     """`dvc exp run --run-all` until it returns (True), or until DVC's queue worker is gone while it still waits
     (False): the worker can die between experiments (kombu's file-system broker raised JSONDecodeError on a message,
     2026-12-06), and `--run-all` then waits forever with experiments still queued."""
@@ -523,6 +595,7 @@ def _run_queue(ws: Workspace, jobs: int, poll_s: float = 60.0) -> bool:
         try:
             code = proc.wait(timeout=poll_s)
         except subprocess.TimeoutExpired:
+            on_poll()
             # two polls in a row, so that a worker still starting is not taken for a dead one
             misses = 0 if queue_worker_alive(ws.root) else misses + 1
             if misses < 2:
@@ -551,19 +624,28 @@ def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> di
 
     info = ({"queued": 0, "requeued_in_order": 0, "already_queued": 0, "reused": 0, "restarted": 0, "run_s": 0.0}
             if collect_only else run_grid(params, ws))
-    # --collect-only reads the grid where it ran, even after HEAD moved on (a `git pull` during a long grid); a run
-    # has just checked that the grid is on HEAD
-    found = {c: n for c, n in grid_baselines(ws, grid_id(params)).items() if n["finished"]} if collect_only else {}
-    rev = max(found, key=lambda c: found[c]["finished"]) if found else None
-    records = collect(ws, params, _exp_show(ws, rev) if rev else None)
-    if not records:
-        raise CompareError(f"compare: no finished experiment of grid {grid_id(params)} in `dvc exp show` "
-                           f"({len(grid(params))} expected); see `dvc queue status` / `dvc queue logs`")
+    # The report is the ledger's: the experiments of this machine's DVC and those a clone brought along. A run has
+    # just checked that they are all of the workspace's code; --collect-only reads the grid as it ran, even from
+    # code the workspace has since moved on from, but never a grid of two codes.
+    entries = sync_ledger(ws, params)
+    if not entries:
+        raise CompareError(f"compare: no finished experiment of grid {grid_id(params)} in the ledger "
+                           f"{params.compare.ledger} or `dvc exp show` ({len(grid(params))} expected); see "
+                           "`dvc queue status` / `dvc queue logs`")
+    codes = sorted({e["code"] for e in entries.values()})
+    if len(codes) > 1:
+        from gapo.compare.ledger import check_same_code
+
+        check_same_code(entries, _workspace_code(ws, params.compare.target), grid_id(params), params.compare.ledger)
+        raise CompareError(f"compare: grid {grid_id(params)} mixes code {', '.join(codes)}; keep one code's entries")
+    records = [{k: e[k] for k in ("name", "method", "paradigm", "seed", "rev", "metrics")}
+               for _, e in sorted(entries.items())]
     c = params.compare
     tables = build_tables(records, c.metric, c.confidence)
-    from gapo.compare.claims import build_claims, render_claims, summarize
+    from gapo.compare.claims import build_claims, per_prompt, render_claims, summarize
 
-    samples, unreadable = load_samples(ws, records, c.metric)
+    samples = {n: per_prompt(e["samples"], c.metric) for n, e in entries.items() if e["samples"] is not None}
+    unreadable = sorted(n for n, e in entries.items() if e["samples"] is None)
     claims = build_claims(records, samples, c.metric, params.evaluate.paired_resamples, params.seed,
                           round(1 - c.confidence, 9), c.confidence)
     missing = sorted(set(exp_name(grid_id(params), *g) for g in grid(params)) - {r["name"] for r in records})
@@ -571,7 +653,10 @@ def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> di
                     f"{', '.join(map(str, c.seeds))} ({len(records)}/{len(grid(params))} experiments finished)",
             "grid id": f"`{grid_id(params)}` (experiment names `{exp_name(grid_id(params), 'METHOD', 'P', 0)[:-2]}"
                        "sSEED`)",
-            "test prompts": _num_prompts(records)}
+            "test prompts": _num_prompts(records),
+            "code": f"fingerprint `{codes[0]}` (gapo.compare.ledger), baseline commits "
+                    f"{', '.join(sorted({e['baseline'][:7] for e in entries.values() if e['baseline']})) or '?'}",
+            "ledger": f"{params.compare.ledger}/ ({len(entries)} entries)"}
     if missing:
         meta["missing"] = ", ".join(missing)
     if unreadable:

@@ -107,7 +107,8 @@ def _queue_status_names(root: Path, env: dict) -> list[str]:
 def test_compare_rerun_reuses_the_finished_experiment(scratch, monkeypatch):
     """A grid stopped after its first experiment, with the second one still in DVC's queue, then run again: the
     finished point is reused (its experiment commit is untouched) and the queued one runs once, not queued a
-    second time. The seeds are not part of the grid id, so a one-seed grid followed by queueing the second seed
+    second time. Then the ledger: a fresh clone continues the finished grid, a new commit of the same code too, and
+    one with other code is refused. The seeds are not part of the grid id, so a one-seed grid followed by queueing the second seed
     without running it leaves the repository as an interrupted two-seed grid would."""
     from gapo.config import load_params
     from gapo.compare import grid as C
@@ -126,7 +127,7 @@ def test_compare_rerun_reuses_the_finished_experiment(scratch, monkeypatch):
 
     # the interruption: the two-seed grid queued its missing point, then stopped before running the queue
     params = load_params(root / "params.yaml", [*one_point[1::2], "compare.seeds=[1,2]"], profile="tiny")
-    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs: True)  # queued, never run
+    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs, **kw: True)  # queued, never run
     for key in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
         monkeypatch.setenv(key, env[key])
     assert C.queue_and_run(params, Workspace(root))["queued"] == 1
@@ -145,13 +146,33 @@ def test_compare_rerun_reuses_the_finished_experiment(scratch, monkeypatch):
     assert _queue_status_names(root, env).count(s2) == 1  # run once
     assert "(2/2 experiments finished)" in (root / "reports" / "compare.md").read_text()
 
-    # HEAD moves on mid-grid (a `git pull`): the grid is not queued a second time on the new commit, and its report
-    # is still collected from the commit it ran on
+    # the ledger kept both (one JSON each, to commit): a fresh clone, with none of DVC's experiments or cache,
+    # continues the grid from it and queues nothing
+    runs = root / "reports" / "compare_runs"
+    assert sorted(f.stem for f in runs.glob("*.json")) == sorted(after)
+    for cmd in (["git", "add", "reports/compare_runs"], ["git", "commit", "-qm", "ledger"],
+                ["git", "clone", "-q", str(root), str(scratch / "clone")]):
+        subprocess.run(cmd, cwd=root, env=env, check=True)
+    clone = scratch / "clone"
+    fresh = subprocess.run([*gapo, "--profile", "tiny", *one_point, "-S", "compare.seeds=[1,2]", "compare"],
+                           cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert '"queued": 0' in fresh.stdout and '"reused": 2' in fresh.stdout and not _grid_experiments(clone)
+    assert "(2/2 experiments finished)" in (clone / "reports" / "compare.md").read_text()
+
+    # HEAD moves on mid-grid (a `git pull`) with the experiments' code unchanged: the grid is the same, nothing runs
     subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "moved on"], cwd=root, env=env, check=True)
     moved = subprocess.run([*gapo, "--profile", "tiny", *one_point, "-S", "compare.seeds=[1,2]", "compare"],
                            cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert moved.returncode != 0 and "has experiments on another commit" in moved.stderr
-    assert ": 2 finished, 0 queued) and HEAD is" in moved.stderr and len(moved.stderr.strip().splitlines()) == 1
+    assert moved.returncode == 0 and '"queued": 0' in moved.stdout and '"reused": 2' in moved.stdout, moved.stderr
+    # ... with the SFT code changed: the grid is not continued on other code, and its report is still collected
+    with open(root / "gapo" / "train" / "sft.py", "a") as fh:
+        fh.write("# changed\n")
+    subprocess.run(["git", "commit", "-qam", "sft changed"], cwd=root, env=env, check=True)
+    changed = subprocess.run([*gapo, "--profile", "tiny", *one_point, "-S", "compare.seeds=[1,2]", "compare"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert changed.returncode != 0 and "holds 2 finished experiments of other code" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1
     assert _queue_status_names(root, env).count(s2) == 1 and _grid_experiments(root) == after
     (root / "reports" / "compare.md").unlink()
     collected = subprocess.run([*gapo, "--profile", "tiny", *one_point, "-S", "compare.seeds=[1,2]", "compare",

@@ -130,8 +130,12 @@ def _fake_dvc(monkeypatch, show) -> list:
 
     monkeypatch.setattr(C, "_dvc", fake_dvc)
     monkeypatch.setattr(C, "_head", lambda ws: "f" * 40)
-    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs: calls.append(["exp", "run", "--run-all", "--jobs", str(jobs)])
-                        or True)
+    monkeypatch.setattr(C, "_run_queue", lambda ws, jobs, **kw: calls.append(["exp", "run", "--run-all", "--jobs",
+                                                                              str(jobs)]) or True)
+    # no git repository either: every experiment and the workspace are one code, and no samples can be read
+    monkeypatch.setattr(C, "_code_at", lambda ws, rev, target: "c0de")
+    monkeypatch.setattr(C, "_workspace_code", lambda ws, target: "c0de")
+    monkeypatch.setattr(C, "_sample_verdicts", lambda ws, rev: None)
     return calls
 
 
@@ -224,13 +228,15 @@ def test_baselines_from_git_and_the_one_commit_rule():
                        f"commit: dvc-exp:{head}:{head}:cmp-abcd1234-kto-pp-s1", "commit: something else"])
     found = C.baselines_from_git(refs, stash, "abcd1234")
     assert found == {base: {"finished": 2, "queued": 1}, head: {"finished": 0, "queued": 1}}
+    assert C.finished_from_git(refs, "abcd1234") == {"cmp-abcd1234-sft-pp-s1": base, "cmp-abcd1234-gapo-pp-s1": base}
     C.check_one_baseline({head: found[head]}, head, "abcd1234")  # all on HEAD: fine
     C.check_one_baseline({}, head, "abcd1234")  # a new grid: fine
+    C.check_one_baseline({base: {"finished": 2, "queued": 0}}, head, "abcd1234")  # finished elsewhere: the ledger's
     with pytest.raises(C.CompareError) as err:
         C.check_one_baseline(found, head, "abcd1234")
     msg = str(err.value)
-    assert "(7544444: 2 finished, 1 queued) and HEAD is e911111" in msg
-    assert "`git checkout 7544444`" in msg and "dvc exp remove --rev 7544444" in msg and "\n" not in msg
+    assert "(7544444: 1 queued) and HEAD is e911111" in msg
+    assert "`git checkout 7544444`" in msg and "dvc queue remove --queued" in msg and "\n" not in msg
 
 
 def test_pending_from_exp_show():
@@ -334,3 +340,38 @@ def test_dvc_env_puts_the_experiment_copy_first_on_pythonpath(monkeypatch):
     assert C._dvc_env()["PYTHONPATH"].split(os.pathsep) == [".", "/elsewhere"]
     monkeypatch.delenv("PYTHONPATH")
     assert C._dvc_env()["PYTHONPATH"] == "."
+
+
+def test_the_ledger_carries_a_grid_to_a_fresh_clone(tmp_path, monkeypatch):
+    """A finished experiment gets its ledger entry; in a clone without DVC's experiments the entry alone counts as
+    finished, while an entry of other code stops the run before anything is queued."""
+    from gapo.compare import ledger as L
+    from gapo.config import load_params
+    from gapo.paths import Workspace
+
+    params = load_params(None, ["compare.methods=[sft]", "compare.paradigms=[pp]", "compare.seeds=[1,2]"])
+    s1, s2 = (C.exp_name(C.grid_id(params), "sft", "pp", k) for k in (1, 2))
+    show = [{"rev": "abc", "experiments": [{"revs": [{"name": s1, "rev": "e" * 40, "data": {
+        "params": {"params.yaml": {"data": {"method": "sft"}}},
+        "metrics": {"metrics/evaluate.json": {"data": {"prompt_level_strict_acc": 0.5}}}}}]}]}]
+    calls = _fake_dvc(monkeypatch, show)
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    assert C.queue_and_run(params, Workspace(tmp_path))["queued"] == 1
+    (entry,) = L.read_ledger(tmp_path / "reports" / "compare_runs", C.grid_id(params)).values()
+    assert (entry["name"], entry["code"], entry["seed"], entry["metrics"]) == (s1, "c0de", 1, {
+        "prompt_level_strict_acc": 0.5})
+
+    clone = tmp_path / "clone"
+    (clone / "reports").mkdir(parents=True)
+    (clone / "params.yaml").write_text("seed: 1\n")
+    (tmp_path / "reports" / "compare_runs").rename(clone / "reports" / "compare_runs")
+    calls = _fake_dvc(monkeypatch, [])  # no experiment in this clone's DVC
+    info = C.queue_and_run(params, Workspace(clone))
+    assert (info["queued"], info["reused"]) == (1, 1)
+    assert [a[a.index("-n") + 1] for a in calls if "--queue" in a] == [s2]
+
+    calls.clear()
+    monkeypatch.setattr(C, "_workspace_code", lambda ws, target: "beef")  # the clone's training code changed
+    with pytest.raises(L.LedgerError, match="holds 1 finished experiments of other code"):
+        C.queue_and_run(params, Workspace(clone))
+    assert not [a for a in calls if "--queue" in a or "--run-all" in a]
