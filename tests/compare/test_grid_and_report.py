@@ -1,4 +1,4 @@
-"""The comparison table math (t-intervals over seeds), the `dvc exp show --json` parser, markdown and figure."""
+"""gapo.compare.grid and .report: the t-intervals over seeds, the `dvc exp show --json` parser, queueing, markdown and figure."""
 from __future__ import annotations
 
 import math
@@ -7,26 +7,27 @@ import os
 import pytest
 
 from gapo.compare import grid as C
+from gapo.compare import report as R
 
 
 @pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (9, 2.2622), (30, 2.0423)])
 def test_t_quantile_matches_the_table(df, expected):
-    assert C.t_quantile(0.975, df) == pytest.approx(expected, abs=2e-4)
+    assert R.t_quantile(0.975, df) == pytest.approx(expected, abs=2e-4)
 
 
 def test_t_quantile_other_confidence_and_bounds():
-    assert C.t_quantile(0.95, 4) == pytest.approx(2.1318, abs=2e-4)  # 90% two-sided
+    assert R.t_quantile(0.95, 4) == pytest.approx(2.1318, abs=2e-4)  # 90% two-sided
     with pytest.raises(ValueError):
-        C.t_quantile(0.4, 3)
+        R.t_quantile(0.4, 3)
 
 
 def test_t_interval():
-    ci = C.t_interval([0.5, 0.6, 0.7])
+    ci = R.t_interval([0.5, 0.6, 0.7])
     assert ci["mean"] == pytest.approx(0.6) and ci["std"] == pytest.approx(0.1) and ci["n"] == 3
     assert ci["half"] == pytest.approx(4.3027 * 0.1 / math.sqrt(3), rel=1e-4)
-    one = C.t_interval([0.4, None, float("nan")])
+    one = R.t_interval([0.4, None, float("nan")])
     assert one["n"] == 1 and one["mean"] == 0.4 and math.isnan(one["half"])
-    assert C.t_interval([])["n"] == 0
+    assert R.t_interval([])["n"] == 0
 
 
 def rec(method, paradigm, seed, acc, cats):
@@ -47,7 +48,7 @@ RECORDS = [
 
 
 def test_build_tables_shapes_and_numbers():
-    t = C.build_tables(RECORDS)
+    t = R.build_tables(RECORDS)
     assert t["categories"] == ["keywords", "length_constraints"]
     assert list(t["main"]) == ["pp", "pr"]
     assert list(t["main"]["pp"]) == ["gapo", "sft", "dpo"]  # the paper's row order, not alphabetical
@@ -65,7 +66,7 @@ def test_build_tables_shapes_and_numbers():
 
 
 def test_render_markdown():
-    md = C.render_markdown(C.build_tables(RECORDS), {"grid": "test"})
+    md = R.render_markdown(R.build_tables(RECORDS), {"grid": "test"})
     assert "| method | n | overall | keywords | length_constraints |" in md
     half = 12.7062 * math.sqrt(0.005) / math.sqrt(2) * 100
     assert f"| gapo | 2 | 85.0 ± {half:.1f} | 95.0 ± " in md
@@ -99,22 +100,22 @@ def test_grid_names_ignore_only_the_axes():
 
 
 def test_plot_compare_writes_a_png(tmp_path):
-    out = C.plot_compare(C.build_tables(RECORDS), tmp_path / "c.png")
+    out = R.plot_compare(R.build_tables(RECORDS), tmp_path / "c.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
     cells = [{"paradigm": "pp", "method": "gapo", "acc": 0.85, "ci_low": 0.8, "ci_high": 0.875, "seeds": [1, 2]}]
-    out = C.plot_compare(C.build_tables(RECORDS), tmp_path / "pooled.png", cells)
+    out = R.plot_compare(R.build_tables(RECORDS), tmp_path / "pooled.png", cells)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bar_values_pooled_cells_or_t_interval():
-    tables = C.build_tables(RECORDS)
+    tables = R.build_tables(RECORDS)
     # without pooled cells: mean over seeds, symmetric t-interval; 2 seeds 0.80, 0.90: sd/sqrt(2) = 0.05, t = 12.706
-    v, lo, hi = C.bar_values(tables)["pp"]["gapo"]
+    v, lo, hi = R.bar_values(tables)["pp"]["gapo"]
     assert v == pytest.approx(85.0) and lo == hi == pytest.approx(63.53, abs=0.01)
     # with them: the cell's own accuracy and its asymmetric interval over prompts, and only the cells given
     cells = [{"paradigm": "pp", "method": "gapo", "acc": 0.85, "ci_low": 0.8, "ci_high": 0.875, "seeds": [1, 2]},
              {"paradigm": "pr", "method": "sft", "acc": 0.5, "ci_low": 0.4, "ci_high": 0.6, "seeds": [1]}]
-    bars = C.bar_values(tables, cells)
+    bars = R.bar_values(tables, cells)
     assert bars["pp"]["gapo"] == pytest.approx((85.0, 5.0, 2.5))
     assert bars["pr"] == {"sft": pytest.approx((50.0, 10.0, 10.0))} and set(bars["pp"]) == {"gapo"}
 
