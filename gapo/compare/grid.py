@@ -480,7 +480,7 @@ def run_compare(params: Params, ws: Workspace, collect_only: bool = False) -> di
             "test prompts": _num_prompts(records),
             "code": f"fingerprint `{codes[0]}` (gapo.compare.ledger), baseline commits "
                     f"{', '.join(sorted({e['baseline'][:7] for e in entries.values() if e['baseline']})) or '?'}",
-            "ledger": f"{params.compare.ledger}/ ({len(entries)} entries)"}
+            "ledger": f"{params.compare.ledger}/, one JSON per finished experiment"}
     if missing:
         meta["missing"] = ", ".join(missing)
     if unreadable:

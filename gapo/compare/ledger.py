@@ -181,5 +181,5 @@ def write_entry(directory: Path, entry: Mapping[str, Any]) -> Path:
     path = Path(directory) / f"{entry['name']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as fh:
-        fh.write(json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n")  # ~15 KB; written once
+        fh.write(json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n")  # ~40 KB; written once
     return path
