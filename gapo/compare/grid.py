@@ -191,21 +191,19 @@ def baselines_from_git(refs: str, stash_log: str, gid: str) -> dict[str, dict[st
     --format=%(refname) refs/exps` (a finished experiment is refs/exps/<sha[:2]>/<sha[2:]>/<name>) and `git log -g
     --format=%gs refs/exps/celery/stash` (a queued one is DVC's stash entry "...dvc-exp:<baseline>:<rev>:<name>")."""
     out: dict[str, dict[str, int]] = {}
-    prefix = f"cmp-{gid}-"
-    for line in refs.splitlines():
-        parts = line.strip().split("/")
-        if len(parts) == 5 and parts[:2] == ["refs", "exps"] and parts[4].startswith(prefix):
-            out.setdefault(parts[2] + parts[3], {"finished": 0, "queued": 0})["finished"] += 1
+    for baseline in finished_from_git(refs, gid).values():
+        out.setdefault(baseline, {"finished": 0, "queued": 0})["finished"] += 1
     for line in stash_log.splitlines():
         _, _, entry = line.partition("dvc-exp:")
         fields = entry.strip().split(":")
-        if len(fields) == 3 and fields[2].startswith(prefix):
+        if len(fields) == 3 and fields[2].startswith(f"cmp-{gid}-"):
             out.setdefault(fields[0], {"finished": 0, "queued": 0})["queued"] += 1
     return out
 
 
 def finished_from_git(refs: str, gid: str) -> dict[str, str]:
-    """{experiment name: baseline commit} of grid `gid`'s finished experiments, from the same refs listing."""
+    """{experiment name: baseline commit} of grid `gid`'s finished experiments, from `git for-each-ref
+    --format=%(refname) refs/exps`."""
     out = {}
     for line in refs.splitlines():
         parts = line.strip().split("/")
