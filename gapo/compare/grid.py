@@ -306,7 +306,8 @@ def sync_ledger(ws: Workspace, params: Params, doc: Any = None) -> dict[str, dic
         for r in collect(ws, params, d):
             if r["name"] not in entries:
                 entry = make_entry(r, gid, _code_at(ws, r["rev"], params.compare.target), finished.get(r["name"], ""),
-                                   _sample_verdicts(ws, r["rev"]))
+                                   _sample_verdicts(ws, r["rev"]),
+                                   _git_out(ws, "show", "-s", "--format=%cI", r["rev"] or "").strip())
                 write_entry(directory, entry)
                 entries[r["name"]] = entry
 

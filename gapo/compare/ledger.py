@@ -141,12 +141,13 @@ def verdict_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def make_entry(record: Mapping[str, Any], grid: str, code: str, baseline: str,
-               samples: Optional[list[dict[str, Any]]]) -> dict[str, Any]:
+               samples: Optional[list[dict[str, Any]]], finished_at: str = "") -> dict[str, Any]:
     """One ledger entry from a collected experiment {name, method, paradigm, seed, rev, metrics}; samples None when
-    the experiment's eval_samples could not be read (its cell then stays out of the paired claims)."""
+    the experiment's eval_samples could not be read (its cell then stays out of the paired claims). finished_at is
+    the experiment commit's time: the gaps between a grid's entries are its per-experiment wall times."""
     return {"schema": SCHEMA, "grid": grid, "code": code, "name": record["name"], "method": record["method"],
             "paradigm": record["paradigm"], "seed": int(record["seed"]), "rev": record["rev"], "baseline": baseline,
-            "metrics": record["metrics"], "samples": samples}
+            "finished_at": finished_at, "metrics": record["metrics"], "samples": samples}
 
 
 def check_same_code(entries: Mapping[str, Mapping[str, Any]], code: str, gid: str, ledger: str) -> None:

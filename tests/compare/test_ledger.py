@@ -89,13 +89,14 @@ def _entry(name="cmp-abcd1234-sft-pp-s1", code="c0de", baseline="7" * 40):
               "metrics": {"prompt_level_strict_acc": 0.5}}
     rows = [{"key": 3, "response": "long text", "follow_all_instructions_strict": True,
              "follow_instruction_list_strict": [True, False]}]
-    return L.make_entry(record, "abcd1234", code, baseline, L.verdict_rows(rows))
+    return L.make_entry(record, "abcd1234", code, baseline, L.verdict_rows(rows), "2026-12-07T02:49:57+00:00")
 
 
 def test_entries_round_trip_without_the_responses(tmp_path):
     e = _entry()
     assert e["samples"] == [{"key": "3", "follow_all_instructions_strict": True,
                              "follow_instruction_list_strict": [True, False]}]
+    assert e["finished_at"] == "2026-12-07T02:49:57+00:00" and e["baseline"] == "7" * 40
     L.write_entry(tmp_path / "runs", e)
     L.write_entry(tmp_path / "runs", _entry("cmp-ffff0000-sft-pp-s1"))  # another grid
     assert L.read_ledger(tmp_path / "runs", "abcd1234") == {e["name"]: e}
